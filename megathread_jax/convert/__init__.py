@@ -1,0 +1,93 @@
+"""PyTorch <-> Flax weight conversion: `from_torch(name, state_dict, source=...)`, `to_torch(...)`."""
+
+from __future__ import annotations
+
+import pathlib
+from types import ModuleType
+from typing import Any, Mapping
+
+import numpy as np
+from flax import nnx
+
+from megathread_jax import models
+from megathread_jax.convert import mobilevit
+from megathread_jax.convert.tree import WeightMismatchError, export_state_dict, load_state_dict
+
+__all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "WeightMismatchError"]
+
+_FAMILIES: dict[str, ModuleType] = {name: mobilevit for name in mobilevit.TIMM_IDS}
+
+
+def _family(name: str) -> ModuleType:
+    if name not in _FAMILIES:
+        raise ValueError(f"no converter for model {name!r}; convertible models: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def _pick(kind: str, options: Mapping[str, Any], choice: str, name: str) -> Any:
+    if choice not in options:
+        raise ValueError(f"{kind} {choice!r} not supported for {name}; choose one of {', '.join(options)}")
+    return options[choice]
+
+
+def from_torch(name: str, state_dict: Mapping[str, Any], *, source: str, **model_kwargs: Any) -> nnx.Module:
+    """Builds model `name` holding the weights of a PyTorch `state_dict` from `source`.
+
+    `state_dict` values may be torch tensors or numpy arrays. `num_classes` defaults to the size of
+    the checkpoint's classifier. Raises `WeightMismatchError` naming every missing, unexpected or
+    mis-shaped key.
+    """
+    family = _family(name)
+    tree_state_dict = _pick("source", family.SOURCES, source, name)(state_dict)
+    model_kwargs.setdefault("num_classes", family.num_classes_of(tree_state_dict))
+    model = models.create(name, **model_kwargs)
+    return load_state_dict(model, tree_state_dict)
+
+
+def to_torch(name: str, model: nnx.Module, *, target: str) -> dict[str, Any]:
+    """The model's weights as a PyTorch state_dict for `target` (torch tensors)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("to_torch needs PyTorch: pip install 'megathread_jax[torch]'") from e
+    family = _family(name)
+    state_dict = _pick("target", family.TARGETS, target, name)(export_state_dict(model))
+    return {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+
+
+def fetch(name: str, source: str) -> dict[str, Any]:
+    """Downloads the published pretrained PyTorch weights of `name` from `source` (needs a network)."""
+    family = _family(name)
+    _pick("source", family.SOURCES, source, name)
+    try:
+        return family.fetch(name, source)
+    except ImportError as e:
+        raise RuntimeError(f"fetching {source} weights needs PyTorch and {source}: pip install 'megathread_jax[torch]'") from e
+    except Exception as e:  # offline: hub and socket errors come in many types
+        raise RuntimeError(
+            f"could not download the {source} weights of {name} ({type(e).__name__}: {e}).\n"
+            "Offline? Download the weights on a machine with a network and pass the file: "
+            f"python -m megathread_jax.convert --model {name} --source {source} --weights FILE --out DIR"
+        ) from e
+
+
+def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
+    """A state_dict from `.safetensors` (numpy, no torch needed) or `.pt/.pth/.bin` (torch, weights only)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path.suffix} files needs PyTorch: pip install 'megathread_jax[torch]'") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state

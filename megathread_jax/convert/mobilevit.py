@@ -1,0 +1,94 @@
+"""MobileViT weight sources: timm (names identical to ours) and Hugging Face (renamed, q|k|v fused).
+
+Hugging Face's `apple/mobilevit-*` image processor feeds BGR images; its converted weights keep
+that convention (the timm weights take RGB).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from megathread_jax.convert.tree import WeightMismatchError, to_numpy
+
+TIMM_IDS = {name: name for name in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")}
+HF_IDS = {
+    "mobilevit_xxs": "apple/mobilevit-xx-small",
+    "mobilevit_xs": "apple/mobilevit-x-small",
+    "mobilevit_s": "apple/mobilevit-small",
+}
+
+# Hugging Face key (without the `mobilevit.` prefix) -> timm key, applied in order.
+_HF_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^conv_stem\.", "stem."),
+    (r"^conv_1x1_exp\.", "final_conv."),
+    (r"^classifier\.", "head.fc."),
+    (r"^encoder\.layer\.(\d+)\.layer\.(\d+)\.", r"stages.\1.\2."),
+    (r"^encoder\.layer\.(\d+)\.downsampling_layer\.", r"stages.\1.0."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.", r"stages.\1.1.transformer.\2."),
+    (r"^encoder\.layer\.(\d+)\.", r"stages.\1.1."),
+    (r"\.expand_1x1\.", ".conv1_1x1."),
+    (r"\.conv_3x3\.", ".conv2_kxk."),
+    (r"\.reduce_1x1\.", ".conv3_1x1."),
+    (r"\.conv_1x1\.convolution\.", ".conv_1x1."),
+    (r"\.conv_projection\.", ".conv_proj."),
+    (r"\.fusion\.", ".conv_fusion."),
+    (r"\.layernorm\.", ".norm."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+    (r"\.attention\.attention\.(query|key|value)\.", r".attn.\1."),
+    (r"\.convolution\.", ".conv."),
+    (r"\.normalization\.", ".bn."),
+)
+_QKV = ("query", "key", "value")
+
+
+def hf_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Renames a `MobileViTForImageClassification` state_dict to timm's names, fusing q|k|v."""
+    renamed: dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        name = key.removeprefix("mobilevit.")
+        for pattern, replacement in _HF_RENAMES:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = to_numpy(value)
+    fused: dict[str, np.ndarray] = {}
+    for name, value in renamed.items():
+        match = re.match(r"^(.*\.attn)\.(query|key|value)\.(weight|bias)$", name)
+        if not match:
+            fused[name] = value
+            continue
+        prefix, part, leaf = match.groups()
+        if part != "query":
+            continue
+        parts = [f"{prefix}.{p}.{leaf}" for p in _QKV]
+        absent = [p for p in parts if p not in renamed]
+        if absent:
+            raise WeightMismatchError(f"Hugging Face attention weights incomplete, missing {absent}")
+        fused[f"{prefix}.qkv.{leaf}"] = np.concatenate([renamed[p] for p in parts], axis=0)
+    return fused
+
+
+SOURCES = {"timm": lambda sd: {k: to_numpy(v) for k, v in sd.items()}, "hf": hf_to_timm}
+TARGETS = {"timm": lambda sd: sd}
+
+
+def num_classes_of(tree_state_dict: Mapping[str, np.ndarray]) -> int:
+    if "head.fc.weight" not in tree_state_dict:
+        raise WeightMismatchError("no classifier weight 'head.fc.weight' (or HF 'classifier.weight') in the weights")
+    return int(tree_state_dict["head.fc.weight"].shape[0])
+
+
+def fetch(name: str, source: str) -> dict[str, Any]:
+    """Downloads the published ImageNet weights (needs a network and the `torch` extra)."""
+    if source == "timm":
+        import timm
+
+        return timm.create_model(TIMM_IDS[name], pretrained=True).state_dict()
+    from transformers import MobileViTForImageClassification
+
+    return MobileViTForImageClassification.from_pretrained(HF_IDS[name]).state_dict()

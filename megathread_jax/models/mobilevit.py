@@ -168,6 +168,8 @@ class ClassifierHead(nnx.Module):
 class MobileViT(nnx.Module):
     """MobileViT image classifier: NHWC float images in, float32 logits `(B, num_classes)` out."""
 
+    classifier_path = "head.fc"  # replaced when fine-tuning on another label set
+
     def __init__(
         self,
         arch: MobileViTArch,

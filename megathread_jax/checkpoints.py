@@ -1,0 +1,135 @@
+"""Orbax checkpoints: the latest N train states for resume, the best by a metric kept apart, and
+weight-only checkpoints written by the converter and read by the trainer."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from megathread_jax.errors import CheckpointMismatchError, WeightsNotFoundError
+
+RUN_FILE = "run.json"
+WEIGHTS_META = "model.json"
+
+
+class CheckpointStore:
+    """`<workdir>/checkpoints` (latest `keep` states) and `<workdir>/best` (best by `best_metric`)."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str):
+        workdir = pathlib.Path(workdir).absolute()
+        self.best_metric = best_metric
+        self.latest = ocp.CheckpointManager(
+            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+        self.best = ocp.CheckpointManager(
+            workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode="max"
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, abstract_state: Any) -> Any:
+        step = self.latest.latest_step()
+        try:
+            return self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except (ValueError, KeyError) as e:
+            raise CheckpointMismatchError(
+                f"the checkpoint at step {step} in {self.latest.directory} does not fit this model/config "
+                f"({str(e).splitlines()[0][:300]}); use another --workdir"
+            ) from None
+
+    def save(self, step: int, state: Any, *, metrics: dict[str, float] | None = None, weights: Any = None) -> None:
+        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+        if metrics is not None and weights is not None:
+            self.best.save(step, args=ocp.args.StandardSave(weights), metrics=metrics, force=True)
+
+    def close(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+        self.latest.close()
+        self.best.close()
+
+
+def check_run_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
+    """Refuses a workdir holding a run of another model/shape; records the identity otherwise."""
+    path = workdir / RUN_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != identity:
+            diff = {k: (previous.get(k), identity.get(k)) for k in identity.keys() | previous.keys()
+                    if previous.get(k) != identity.get(k)}
+            raise CheckpointMismatchError(
+                f"{workdir} holds a run of another model or shape (was -> now: {diff}); use another --workdir"
+            )
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(identity, indent=1))
+
+
+def weight_state(model: nnx.Module) -> nnx.State:
+    return nnx.state(model, (nnx.Param, nnx.BatchStat))
+
+
+def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> pathlib.Path:
+    """Writes the model's parameters and statistics plus `model.json` (name, num_classes, ...)."""
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / "weights", nnx.to_pure_dict(weight_state(model)), force=True)
+    checkpointer.wait_until_finished()
+    (directory / WEIGHTS_META).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, nested dict of arrays) from a directory written by `save_weights`."""
+    directory = pathlib.Path(directory).expanduser().absolute()
+    if not (directory / WEIGHTS_META).is_file():
+        raise WeightsNotFoundError(f"no converted weights in {directory} (no {WEIGHTS_META})")
+    meta = json.loads((directory / WEIGHTS_META).read_text())
+    weights = ocp.StandardCheckpointer().restore(directory / "weights")
+    return meta, weights
+
+
+def load_weights_into(
+    model: nnx.Module, model_name: str, directory: str | pathlib.Path, *, skip_prefixes: Iterable[str] = ()
+) -> int:
+    """Copies converted weights into `model`, except paths under `skip_prefixes` (e.g. a new head).
+
+    Every other parameter and statistic must be present with the same shape. Returns the count of
+    arrays copied.
+    """
+    meta, weights = read_weights(directory)
+    if meta.get("model") != model_name:
+        raise CheckpointMismatchError(
+            f"{directory} holds weights of {meta.get('model')!r}, not {model_name!r}"
+        )
+    flat_weights = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.State(weights))}
+    skip = tuple(skip_prefixes)
+    copied = 0
+    problems = []
+    for path, variable in nnx.to_flat_state(weight_state(model)):
+        key = ".".join(map(str, path))
+        if skip and key.startswith(skip):
+            continue
+        if key not in flat_weights:
+            problems.append(f"missing {key}")
+            continue
+        value = np.asarray(flat_weights[key])
+        if value.shape != variable.get_value().shape:
+            problems.append(f"{key}: {value.shape} vs model {variable.get_value().shape}")
+            continue
+        variable.set_value(value.astype(variable.get_value().dtype))
+        copied += 1
+    if problems:
+        raise CheckpointMismatchError(f"weights in {directory} do not fit {model_name}: " + "; ".join(problems[:10]))
+    return copied

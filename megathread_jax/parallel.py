@@ -1,0 +1,49 @@
+"""Device mesh and shardings: the batch is split on a `data` axis, the train state replicated.
+
+The same jitted step runs on one device, several, or several hosts; batch-norm statistics and
+gradients are global because jit computes over the global (sharded) batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-host run when JAX's coordinator environment is set (one call per process)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+        jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A global batch, identical on every process, as arrays sharded over the `data` axis.
+
+    Each process contributes only its own rows.
+    """
+    sharding = batch_sharding(mesh)
+    count, index = jax.process_count(), jax.process_index()
+    out: dict[str, Any] = {}
+    for name, array in batch.items():
+        if array.shape[0] % mesh.size:
+            raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
+        rows = array.shape[0] // count
+        local = array[index * rows : (index + 1) * rows]
+        out[name] = jax.make_array_from_process_local_data(sharding, local, array.shape)
+    return out

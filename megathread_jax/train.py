@@ -1,0 +1,240 @@
+"""The one training loop: data -> model -> jitted train/eval steps over a device mesh -> checkpoints
+and metrics. Tasks differ only in their loss and metrics (`tasks.py`)."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx, struct
+from tqdm import tqdm
+
+from megathread_jax import checkpoints, data, models, optim, parallel, tasks
+from megathread_jax.data import augment
+from megathread_jax.errors import UserError, WeightsNotFoundError
+from megathread_jax.metrics import MetricWriter
+
+WEIGHTS_CACHE = pathlib.Path("~/.cache/megathread_jax/weights").expanduser()
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State  # nnx.Param leaves: what the optimizer updates
+    rest: nnx.State  # batch statistics and RNG state
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and pretrained weights
+# ----------------------------------------------------------------------------------------------
+def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
+    """Where the weights named by `init_from` are: a directory written by the converter, or
+    "timm"/"hf" for the published ImageNet weights, converted once into a local cache."""
+    if init_from not in ("timm", "hf"):
+        return pathlib.Path(init_from).expanduser()
+    directory = WEIGHTS_CACHE / f"{model_name}_{init_from}"
+    if (directory / checkpoints.WEIGHTS_META).is_file():
+        return directory
+    from megathread_jax import convert
+
+    try:
+        state_dict = convert.fetch(model_name, init_from)
+    except RuntimeError as e:
+        raise WeightsNotFoundError(
+            f"{e}\nThen train with --config.init_from=DIR, or convert into {directory}, or train from "
+            "scratch with --config.init_from=''"
+        ) from None
+    model = convert.from_torch(model_name, state_dict, source=init_from)
+    checkpoints.save_weights(directory, model, {"model": model_name, "num_classes": model.num_classes, "source": init_from})
+    return directory
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    model = models.create(config.model.name, num_classes=num_classes, seed=config.seed, **kwargs)
+    if config.init_from:
+        directory = pretrained_dir(config.model.name, config.init_from)
+        copied = checkpoints.load_weights_into(
+            model, config.model.name, directory, skip_prefixes=(model.classifier_path,)
+        )
+        print(f"initialised {copied} arrays from {directory}; fresh {num_classes}-class {model.classifier_path}")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps (pure functions of the state, compiled once)
+# ----------------------------------------------------------------------------------------------
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    preprocess: Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    label_smoothing: float,
+    seed: int,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        # The step is folded into the key so a resumed run draws the same augmentations.
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+        images = preprocess(batch["image"], key)
+        model = nnx.merge(graphdef, state.params, state.rest)
+
+        def loss_fn(model):
+            logits = model(images)
+            return tasks.classification_loss(logits, batch["label"], label_smoothing), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        metrics = {
+            "loss": loss,
+            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.global_norm(params),
+        }
+        return state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, preprocess: Callable[[jax.Array], jax.Array]):
+    def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]):
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(preprocess(batch["image"]))
+        return tasks.classification_counts(logits, batch["label"], batch["mask"])
+
+    return eval_step
+
+
+def evaluate(eval_step, state: TrainState, dataset: data.ImageDataset, mesh, batch_size: int) -> dict[str, float]:
+    totals = None
+    for batch in data.eval_batches(dataset.val_images, dataset.val_labels, batch_size):
+        counts = eval_step(state.params, state.rest, parallel.shard_batch(mesh, batch))
+        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+    totals = jax.device_get(totals)
+    n = max(float(totals.pop("count")), 1.0)
+    return {k: float(v) / n for k, v in totals.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def _preprocessors(data_config):
+    mean, std = data.NORMALISATIONS[data_config.normalisation]
+    train = functools.partial(
+        augment.train_preprocess,
+        resolution=data_config.resolution,
+        crop_scale=tuple(data_config.crop_scale),
+        mean=mean,
+        std=std,
+    )
+    evaluate_ = functools.partial(augment.eval_preprocess, resolution=data_config.resolution, mean=mean, std=std)
+    return train, evaluate_
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+    bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+    if bad:
+        raise UserError(
+            f"non-finite {', '.join(bad)} at step {step}; stopping. The last good checkpoint is kept. "
+            "Try a lower learning rate or float32 compute."
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Trains and evaluates; a rerun with the same workdir resumes from the latest checkpoint."""
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    parallel.maybe_initialize_distributed()
+
+    # -- data
+    dataset = data.load(config.data)
+    num_train = len(dataset.train_labels)
+    steps_per_epoch = num_train // config.batch_size
+    total_steps = config.num_epochs * steps_per_epoch
+    mesh = parallel.make_mesh()
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % jax.device_count():
+            raise UserError(f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices")
+    label = "built-in demo data" if dataset.is_builtin_demo else ""
+
+    # -- model, optimizer, state
+    checkpoints.check_run_identity(
+        workdir,
+        {"model": config.model.name, "num_classes": dataset.num_classes, "data": config.data.name},
+    )
+    model = build_model(config, dataset.num_classes)
+    tx = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+    state = jax.device_put(state, parallel.replicated(mesh))
+
+    # -- checkpoints: resume if the workdir has one
+    store = checkpoints.CheckpointStore(workdir, keep=config.keep_checkpoints, best_metric="top1")
+    if store.latest_step() is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state = store.restore_latest(abstract)
+        print(f"resumed from step {int(state.step)} in {workdir}")
+
+    train_pre, eval_pre = _preprocessors(config.data)
+    train_step = jax.jit(
+        make_train_step(graphdef, tx, train_pre, label_smoothing=config.label_smoothing, seed=config.seed),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(eval_graphdef, eval_pre))
+
+    writer = MetricWriter(workdir, label=label)
+    start = int(state.step)
+    print(
+        f"{config.model.name}: {num_params:,} parameters on {jax.device_count()} {jax.default_backend()} "
+        f"device(s); {dataset.name}: {num_train} train / {len(dataset.val_labels)} val; "
+        f"{steps_per_epoch} steps/epoch, {total_steps} steps"
+    )
+
+    # -- loop
+    val_metrics: dict[str, float] = {}
+    interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
+    for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", unit="step",
+                     disable=jax.process_index() != 0):
+        idx = data.train_indices(step, num_examples=num_train, batch_size=config.batch_size, seed=config.seed)
+        batch = parallel.shard_batch(mesh, {"image": dataset.train_images[idx], "label": dataset.train_labels[idx]})
+        state, metrics = train_step(state, batch)
+        interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
+        interval_steps += 1
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+            means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
+            _check_finite(done, means)
+            elapsed = time.perf_counter() - interval_start
+            means["images_per_sec"] = interval_steps * config.batch_size / elapsed
+            means["learning_rate"] = float(optim.learning_rate_schedule(config.optim, total_steps, steps_per_epoch)(done))
+            writer.write(done, "train", means)
+            interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
+        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+        if end_of_epoch:
+            val_metrics = evaluate(eval_step, state, dataset, mesh, config.eval_batch_size)
+            writer.write(done, "val", val_metrics)
+            store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
+            interval_start = time.perf_counter()
+        elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
+            store.save(done, state)
+
+    if not val_metrics:  # resumed after the last step: report the final state's metrics
+        val_metrics = evaluate(eval_step, state, dataset, mesh, config.eval_batch_size)
+    store.close()
+    curves = writer.plot_curves()
+    writer.close()
+    if curves:
+        print(f"curves: {curves}")
+    return val_metrics

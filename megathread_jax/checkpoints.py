@@ -8,6 +8,7 @@ import pathlib
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -128,7 +129,7 @@ def load_weights_into(
         if value.shape != variable.get_value().shape:
             problems.append(f"{key}: {value.shape} vs model {variable.get_value().shape}")
             continue
-        variable.set_value(value.astype(variable.get_value().dtype))
+        variable.set_value(jnp.array(value, dtype=variable.get_value().dtype, copy=True))
         copied += 1
     if problems:
         raise CheckpointMismatchError(f"weights in {directory} do not fit {model_name}: " + "; ".join(problems[:10]))

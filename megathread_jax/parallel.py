@@ -20,8 +20,9 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A one-axis `data` mesh over `devices` (default: every device of every process)."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -137,7 +138,8 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Mod
         raise WeightMismatchError(f"state_dict does not fit {type(model).__name__}: " + " | ".join(problems))
     for path, array in values.items():
         variable = targets[path]
-        variable.set_value(np.asarray(array, dtype=variable.get_value().dtype))
+        # A copy: jax may otherwise alias the torch tensor's memory, which torch can change in place.
+        variable.set_value(jnp.array(array, dtype=variable.get_value().dtype, copy=True))
     return model
 
 

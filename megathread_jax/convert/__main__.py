@@ -1,0 +1,74 @@
+"""Weight conversion CLI.
+
+PyTorch -> Flax (a directory the trainer loads with --config.init_from=DIR):
+  python -m megathread_jax.convert --model mobilevit_xxs --source timm [--weights FILE] --out DIR
+  (without --weights, the published weights are downloaded through timm / Hugging Face)
+Flax -> PyTorch:
+  python -m megathread_jax.convert --model mobilevit_xxs --target timm --from-flax DIR --out FILE.safetensors|.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from megathread_jax import checkpoints, convert, models
+from megathread_jax.errors import UserError
+
+
+def _to_flax(args) -> str:
+    if args.weights:
+        state_dict = convert.read_weight_file(args.weights)
+    else:
+        state_dict = convert.fetch(args.model, args.source)
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    model = convert.from_torch(args.model, state_dict, source=args.source, **kwargs)
+    meta = {"model": args.model, "num_classes": model.num_classes, "source": args.source,
+            "weights": str(args.weights or "published")}
+    out = checkpoints.save_weights(args.out, model, meta)
+    return f"wrote {args.model} ({model.num_classes} classes) from {args.source} weights to {out}"
+
+
+def _to_torch(args) -> str:
+    meta, _ = checkpoints.read_weights(args.from_flax)
+    model = models.create(meta["model"], num_classes=meta["num_classes"])
+    checkpoints.load_weights_into(model, args.model, args.from_flax)
+    state_dict = convert.to_torch(args.model, model, target=args.target)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state_dict, str(out))
+    else:
+        import torch
+
+        torch.save(state_dict, out)
+    return f"wrote {len(state_dict)} {args.target} tensors to {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m megathread_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, choices=models.names())
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--source", help="PyTorch weights to read: timm | hf")
+    direction.add_argument("--target", help="PyTorch naming to write: timm")
+    parser.add_argument("--weights", help="local .pt/.pth/.bin/.safetensors state_dict (with --source)")
+    parser.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's)")
+    parser.add_argument("--from-flax", help="directory written by this tool (with --target)")
+    parser.add_argument("--out", required=True, help="output directory (--source) or file (--target)")
+    args = parser.parse_args(argv)
+    if args.target and not args.from_flax:
+        parser.error("--target needs --from-flax DIR")
+    try:
+        print(_to_flax(args) if args.source else _to_torch(args))
+    except (UserError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

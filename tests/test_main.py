@@ -1,0 +1,72 @@
+"""The training CLI end to end on built-in data: a run, its outputs, and a resume."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from megathread_jax.convert.__main__ import main as convert_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_DEMO = [
+    "--config.num_epochs=1", "--config.data.train_size=128", "--config.data.val_size=64",
+    "--config.batch_size=32", "--config.eval_batch_size=32", "--config.log_every_steps=2",
+]
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "megathread_jax.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_demo_from_converted_weights_runs_and_resumes(tmp_path):
+    weights = tmp_path / "timm.pth"
+    torch.save(timm.create_model("mobilevit_xxs", num_classes=1000).state_dict(), weights)
+    flax_dir = tmp_path / "flax"
+    assert convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(weights),
+                         "--out", str(flax_dir)]) == 0
+    command = ["--config=configs/mobilevit.py:demo", f"--workdir={tmp_path / 'run'}",
+               f"--config.init_from={flax_dir}", *TINY_DEMO]
+
+    first = run_main(*command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "initialised" in first.stdout and "fresh 10-class head.fc" in first.stdout
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "4").is_dir() and (run / "best" / "4").is_dir()
+    assert (run / "curves.png").stat().st_size > 0
+    assert list((run / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 1 and 0.0 <= val[0]["top1"] <= 1.0 and val[0]["top5"] >= val[0]["top1"]
+    assert "built-in demo data" in first.stdout + first.stderr
+
+    second = run_main(*command)  # the same command again resumes instead of starting over
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from step 4" in second.stdout
+    after = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in after if r["split"] == "train"] == [r for r in records if r["split"] == "train"]
+
+
+def test_default_config_without_data_explains_what_to_do(tmp_path):
+    result = run_main("--config=configs/mobilevit.py", f"--workdir={tmp_path / 'run'}",
+                      f"--config.data.data_dir={tmp_path / 'none'}", "--config.data.download=False")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "tiny-imagenet-200.zip" in result.stderr and "configs/mobilevit.py:demo" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["--config.optim.learning_rte=0.1", "--config=configs/mobilevit.py:bogus"])
+def test_bad_config_is_refused(tmp_path, override):
+    args = ["--config=configs/mobilevit.py:demo", f"--workdir={tmp_path / 'run'}", override]
+    result = run_main(*args)
+    assert result.returncode != 0
+    assert ("learning_rte" in result.stderr) or ("unknown variant 'bogus'" in result.stderr)
+    assert not (tmp_path / "run").exists()

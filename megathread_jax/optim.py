@@ -22,8 +22,7 @@ def learning_rate_schedule(optim_config, total_steps: int, steps_per_epoch: int)
     )
 
 
-def make_optimizer(optim_config, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(optim_config, total_steps, steps_per_epoch)
+def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation:
     if optim_config.name == "adamw":
         opt = optax.adamw(
             schedule,

@@ -15,9 +15,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins a multi-host run when JAX's coordinator environment is set (one call per process)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
+    """Joins a multi-host run when `JAX_COORDINATOR_ADDRESS` is set.
+
+    `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` give the rest; where unset, JAX detects them from the
+    cluster (SLURM, Open MPI, Cloud TPU, ...).
+    """
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not address or jax.distributed.is_initialized():
+        return
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(address, int(count) if count else None, int(index) if index else None)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:

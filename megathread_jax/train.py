@@ -167,12 +167,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     label = "built-in demo data" if dataset.is_builtin_demo else ""
 
     # -- model, optimizer, state
+    model = build_model(config, dataset.num_classes)
     checkpoints.check_run_identity(
         workdir,
         {"model": config.model.name, "num_classes": dataset.num_classes, "data": config.data.name},
     )
-    model = build_model(config, dataset.num_classes)
-    tx = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+    schedule = optim.learning_rate_schedule(config.optim, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config.optim, schedule)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
@@ -218,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             _check_finite(done, means)
             elapsed = time.perf_counter() - interval_start
             means["images_per_sec"] = interval_steps * config.batch_size / elapsed
-            means["learning_rate"] = float(optim.learning_rate_schedule(config.optim, total_steps, steps_per_epoch)(done))
+            means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
             writer.write(done, "train", means)
             interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
         end_of_epoch = done % steps_per_epoch == 0 or done == total_steps

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import time
 
 import jax
@@ -22,15 +23,18 @@ import optax
 from flax import nnx
 
 from megathread_jax import models
+from megathread_jax.models.layers import DEPTHWISE_IMPLS, resolve_depthwise_impl
 from megathread_jax.train import TrainState, make_train_step
 
 TIMM_NAMES = {"mobilevit_xxs": "mobilevit_xxs", "mobilevit_xs": "mobilevit_xs", "mobilevit_s": "mobilevit_s"}
 NUM_CLASSES = 200
 
 
-def time_flax(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int) -> float:
+def time_flax(
+    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, depthwise_impl: str
+) -> float:
     """Images per second of the jitted train step (compile excluded)."""
-    model = models.create(model_name, num_classes=NUM_CLASSES, dtype=dtype)
+    model = models.create(model_name, num_classes=NUM_CLASSES, dtype=dtype, depthwise_impl=depthwise_impl)
     tx = optax.adamw(1e-3, weight_decay=0.05)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
@@ -89,12 +93,15 @@ def time_timm(model_name: str, batch_size: int, resolution: int, dtype: str, ste
 
 def describe_device() -> str:
     device = jax.devices()[0]
-    return f"{device.platform}:{getattr(device, 'device_kind', '')}".rstrip(":")
+    if device.platform == "cpu":
+        return f"CPU, {os.cpu_count()} cores"
+    return device.device_kind
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    setting = f"train b{args.batch_size} {args.resolution}px {args.dtype}"
-    ours = time_flax(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
+    impl = resolve_depthwise_impl(args.depthwise_impl)
+    setting = f"train b{args.batch_size} {args.resolution}px {args.dtype} dw={impl}"
+    ours = time_flax(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup, impl)
     reference = None
     if not args.no_reference:
         reference = time_timm(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--depthwise-impl", default="auto", choices=DEPTHWISE_IMPLS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time the Flax side only")

@@ -214,7 +214,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
         interval_steps += 1
         done = step + 1
-        if done % config.log_every_steps == 0 or done == total_steps:
+        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+        save_now = end_of_epoch or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0)
+        # Metrics are read (and checked to be finite) before every save, so no NaN state is saved.
+        if done % config.log_every_steps == 0 or save_now:
             means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
             _check_finite(done, means)
             elapsed = time.perf_counter() - interval_start
@@ -222,13 +225,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
             writer.write(done, "train", means)
             interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
-        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
         if end_of_epoch:
             val_metrics = evaluate(eval_step, state, dataset, mesh, config.eval_batch_size)
             writer.write(done, "val", val_metrics)
             store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
             interval_start = time.perf_counter()
-        elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
+        elif save_now:
             store.save(done, state)
 
     if not val_metrics:  # resumed after the last step: report the final state's metrics

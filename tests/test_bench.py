@@ -15,4 +15,4 @@ def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys):
     row = rows[0]
     assert row["ours_img_per_s"] > 0 and row["reference_img_per_s"] > 0
     assert abs(row["ratio"] - row["ours_img_per_s"] / row["reference_img_per_s"]) < 0.02
-    assert row["device"].startswith("cpu")
+    assert row["device"].startswith("CPU") and "dw=shifted" in row["setting"]

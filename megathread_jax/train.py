@@ -36,23 +36,25 @@ class TrainState:
 # Model and pretrained weights
 # ----------------------------------------------------------------------------------------------
 def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
-    """Where the weights named by `init_from` are: a directory written by the converter, or
-    "timm"/"hf" for the published ImageNet weights, converted once into a local cache."""
-    if init_from not in ("timm", "hf"):
-        return pathlib.Path(init_from).expanduser()
-    directory = WEIGHTS_CACHE / f"{model_name}_{init_from}"
-    if (directory / checkpoints.WEIGHTS_META).is_file():
-        return directory
+    """Where the weights named by `init_from` are: a directory written by the converter, or a
+    weight source ("timm", "hf", "torchvision", optionally ":TAG", e.g. "torchvision:IMAGENET1K_V1")
+    for the published ImageNet weights, converted once into a local cache."""
     from megathread_jax import convert
 
+    source, _, tag = init_from.partition(":")
+    if source not in convert.sources(model_name):
+        return pathlib.Path(init_from).expanduser()
+    directory = WEIGHTS_CACHE / f"{model_name}_{source}{'_' + tag if tag else ''}"
+    if (directory / checkpoints.WEIGHTS_META).is_file():
+        return directory
     try:
-        state_dict = convert.fetch(model_name, init_from)
+        state_dict = convert.fetch(model_name, source, tag or None)
     except RuntimeError as e:
         raise WeightsNotFoundError(
             f"{e}\nThen train with --config.init_from=DIR, or convert into {directory}, or train from "
             "scratch with --config.init_from=''"
         ) from None
-    model = convert.from_torch(model_name, state_dict, source=init_from)
+    model = convert.from_torch(model_name, state_dict, source=source)
     checkpoints.save_weights(directory, model, {"model": model_name, "num_classes": model.num_classes, "source": init_from})
     return directory
 

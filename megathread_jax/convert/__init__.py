@@ -10,18 +10,26 @@ import numpy as np
 from flax import nnx
 
 from megathread_jax import models
-from megathread_jax.convert import mobilevit
+from megathread_jax.convert import mobilenet_v2, mobilevit
 from megathread_jax.convert.tree import WeightMismatchError, export_state_dict, load_state_dict
 
-__all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "WeightMismatchError"]
+__all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "WeightMismatchError"]
 
-_FAMILIES: dict[str, ModuleType] = {name: mobilevit for name in mobilevit.TIMM_IDS}
+_FAMILIES: dict[str, ModuleType] = {
+    **{name: mobilevit for name in mobilevit.TIMM_IDS},
+    "mobilenet_v2": mobilenet_v2,
+}
 
 
 def _family(name: str) -> ModuleType:
     if name not in _FAMILIES:
         raise ValueError(f"no converter for model {name!r}; convertible models: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name]
+
+
+def sources(name: str) -> list[str]:
+    """The PyTorch weight sources `from_torch` reads for model `name`."""
+    return list(_family(name).SOURCES)
 
 
 def _pick(kind: str, options: Mapping[str, Any], choice: str, name: str) -> Any:
@@ -55,12 +63,16 @@ def to_torch(name: str, model: nnx.Module, *, target: str) -> dict[str, Any]:
     return {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
 
 
-def fetch(name: str, source: str) -> dict[str, Any]:
-    """Downloads the published pretrained PyTorch weights of `name` from `source` (needs a network)."""
+def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
+    """Downloads the published pretrained PyTorch weights of `name` from `source` (needs a network).
+
+    `tag` picks among published weights (torchvision: IMAGENET1K_V1 / IMAGENET1K_V2; timm: a
+    pretrained tag; Hugging Face: a model id).
+    """
     family = _family(name)
     _pick("source", family.SOURCES, source, name)
     try:
-        return family.fetch(name, source)
+        return family.fetch(name, source, tag)
     except ImportError as e:
         raise RuntimeError(f"fetching {source} weights needs PyTorch and {source}: pip install 'megathread_jax[torch]'") from e
     except Exception as e:  # offline: hub and socket errors come in many types

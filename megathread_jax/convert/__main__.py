@@ -2,7 +2,8 @@
 
 PyTorch -> Flax (a directory the trainer loads with --config.init_from=DIR):
   python -m megathread_jax.convert --model mobilevit_xxs --source timm [--weights FILE] --out DIR
-  (without --weights, the published weights are downloaded through timm / Hugging Face)
+  python -m megathread_jax.convert --model mobilenet_v2 --source torchvision [--tag IMAGENET1K_V1] --out DIR
+  (without --weights, the published weights are downloaded through timm / torchvision / Hugging Face)
 Flax -> PyTorch:
   python -m megathread_jax.convert --model mobilevit_xxs --target timm --from-flax DIR --out FILE.safetensors|.pth
 """
@@ -21,7 +22,7 @@ def _to_flax(args) -> str:
     if args.weights:
         state_dict = convert.read_weight_file(args.weights)
     else:
-        state_dict = convert.fetch(args.model, args.source)
+        state_dict = convert.fetch(args.model, args.source, args.tag)
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = convert.from_torch(args.model, state_dict, source=args.source, **kwargs)
     meta = {"model": args.model, "num_classes": model.num_classes, "source": args.source,
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=models.names())
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--source", help="PyTorch weights to read: timm | hf")
-    direction.add_argument("--target", help="PyTorch naming to write: timm")
+    direction.add_argument("--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2)")
+    direction.add_argument("--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2)")
     parser.add_argument("--weights", help="local .pt/.pth/.bin/.safetensors state_dict (with --source)")
+    parser.add_argument("--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision)")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's)")
     parser.add_argument("--from-flax", help="directory written by this tool (with --target)")
     parser.add_argument("--out", required=True, help="output directory (--source) or file (--target)")

@@ -83,12 +83,13 @@ def num_classes_of(tree_state_dict: Mapping[str, np.ndarray]) -> int:
     return int(tree_state_dict["head.fc.weight"].shape[0])
 
 
-def fetch(name: str, source: str) -> dict[str, Any]:
-    """Downloads the published ImageNet weights (needs a network and the `torch` extra)."""
+def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
+    """Downloads the published ImageNet weights (needs a network and the `torch` extra); `tag` is
+    a timm pretrained tag or a Hugging Face model id."""
     if source == "timm":
         import timm
 
-        return timm.create_model(TIMM_IDS[name], pretrained=True).state_dict()
+        return timm.create_model(f"{TIMM_IDS[name]}.{tag}" if tag else TIMM_IDS[name], pretrained=True).state_dict()
     from transformers import MobileViTForImageClassification
 
-    return MobileViTForImageClassification.from_pretrained(HF_IDS[name]).state_dict()
+    return MobileViTForImageClassification.from_pretrained(tag or HF_IDS[name]).state_dict()

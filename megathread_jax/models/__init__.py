@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from megathread_jax.models import mobilevit
+from megathread_jax.models import mobilenet_v2, mobilevit
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -21,8 +21,13 @@ def _mobilevit_factory(arch_name: str) -> Callable[..., nnx.Module]:
     return build
 
 
+def _mobilenet_v2(*, num_classes: int, rngs: nnx.Rngs, dtype: str = "float32", **kwargs: Any) -> nnx.Module:
+    return mobilenet_v2.MobileNetV2(num_classes, dtype=_DTYPES[dtype], rngs=rngs, **kwargs)
+
+
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
-    name: _mobilevit_factory(name) for name in mobilevit.ARCHS
+    **{name: _mobilevit_factory(name) for name in mobilevit.ARCHS},
+    "mobilenet_v2": _mobilenet_v2,
 }
 
 
@@ -34,7 +39,7 @@ def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.
     """Builds model `name` with a fresh random initialisation from `seed`.
 
     kwargs: `dtype` ("float32", "bfloat16", "float16": compute dtype; parameters stay float32),
-    `drop_rate`, `depthwise_impl` ("auto", "shifted", "lax").
+    `drop_rate`, `depthwise_impl` ("auto", "shifted", "lax"); MobileNetV2 also `width_mult`.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")

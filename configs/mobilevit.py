@@ -40,6 +40,11 @@ def get_config(variant: str = "pretrained_96") -> ml_collections.ConfigDict:
     c.data.train_size = 0
     c.data.val_size = 0
 
+    # Which parameters train (see megathread_jax/freezing.py): path patterns like "stages.[0-2]".
+    c.freeze = ""
+    c.unfreeze = ""
+    c.lr_multipliers = ""
+
     c.num_epochs = 30
     c.batch_size = 64
     c.eval_batch_size = 250

@@ -16,7 +16,7 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from megathread_jax import checkpoints, data, models, optim, parallel, tasks
+from megathread_jax import checkpoints, data, freezing, models, optim, parallel, tasks
 from megathread_jax.data import augment
 from megathread_jax.errors import UserError, WeightsNotFoundError
 from megathread_jax.metrics import MetricWriter
@@ -108,6 +108,36 @@ def make_train_step(
     return train_step
 
 
+def phased_train_steps(
+    model: nnx.Module,
+    plan: freezing.FreezePlan,
+    steps_per_epoch: int,
+    make_step: Callable[[nnx.GraphDef], Callable],
+) -> Callable[[int], Callable]:
+    """step -> the compiled train step for the modules frozen at that step.
+
+    Frozen modules run in inference mode, which is part of the graph definition, so each set of
+    frozen modules (one per phase of gradual unfreezing) compiles once.
+    """
+    compiled: dict[tuple[str, ...], Callable] = {}
+    params = nnx.state(model, nnx.Param)
+
+    def step_fn(step: int) -> Callable:
+        epoch = step / steps_per_epoch
+        frozen = plan.frozen_patterns(epoch)
+        key = tuple(p.pattern for p in frozen)
+        if key not in compiled:
+            freezing.apply_inference_mode(model, frozen)
+            graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
+            if not plan.is_trivial:
+                trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
+                print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
+        return compiled[key]
+
+    return step_fn
+
+
 def make_eval_step(graphdef: nnx.GraphDef, preprocess: Callable[[jax.Array], jax.Array]):
     def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]):
         model = nnx.merge(graphdef, params, rest)
@@ -175,8 +205,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         {"model": config.model.name, "num_classes": dataset.num_classes, "data": config.data.name},
     )
     schedule = optim.learning_rate_schedule(config.optim, total_steps, steps_per_epoch)
-    tx = optim.make_optimizer(config.optim, schedule)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    plan = freezing.FreezePlan.from_config(config)
+    plan.check_matches(params)
+    if plan.is_trivial:
+        tx = optim.make_optimizer(config.optim, schedule)
+    else:
+        tx = freezing.partitioned_optimizer(
+            plan, params, schedule, steps_per_epoch, lambda s: optim.make_optimizer(config.optim, s)
+        )
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     num_params = sum(x.size for x in jax.tree.leaves(params))
@@ -191,9 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         print(f"resumed from step {int(state.step)} in {workdir}")
 
     train_pre, eval_pre = _preprocessors(config.data)
-    train_step = jax.jit(
-        make_train_step(graphdef, tx, train_pre, label_smoothing=config.label_smoothing, seed=config.seed),
-        donate_argnums=0,
+    train_step_for = phased_train_steps(
+        model, plan, steps_per_epoch,
+        lambda graphdef: make_train_step(graphdef, tx, train_pre, label_smoothing=config.label_smoothing, seed=config.seed),
     )
     eval_step = jax.jit(make_eval_step(eval_graphdef, eval_pre))
 
@@ -212,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                      disable=jax.process_index() != 0):
         idx = data.train_indices(step, num_examples=num_train, batch_size=config.batch_size, seed=config.seed)
         batch = parallel.shard_batch(mesh, {"image": dataset.train_images[idx], "label": dataset.train_labels[idx]})
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step_for(step)(state, batch)
         interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
         interval_steps += 1
         done = step + 1

@@ -1,0 +1,166 @@
+"""Which parameters train, from when, and how fast: parameter-path rules turned into an optax
+partition, for any model.
+
+Patterns are dotted path prefixes with integer ranges: `features.[0-13]` matches
+`features.0...` through `features.13...`; `features` matches the whole backbone. Config fields:
+
+  freeze          "PATTERN,..."          frozen for the whole run
+  unfreeze        "PATTERN@EPOCH,..."    frozen until EPOCH (gradual unfreezing)
+  lr_multipliers  "PATTERN=MULT,..."     learning rate scaled by MULT (e.g. a slower backbone)
+
+A frozen parameter gets no update (optax.set_to_zero: it stays bit-identical), and every module
+under a frozen pattern runs in inference mode, so its batch-norm statistics are frozen too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+import optax
+from flax import nnx
+
+from megathread_jax.errors import UserError
+
+FROZEN = "frozen"
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """`features.[0-13]` -> a regex matching that path prefix (whole path components only)."""
+    parts = []
+    for piece in re.split(r"(\[\d+-\d+\])", pattern.strip()):
+        if re.fullmatch(r"\[\d+-\d+\]", piece):
+            low, high = map(int, piece[1:-1].split("-"))
+            if low > high:
+                raise UserError(f"empty range {piece} in parameter pattern {pattern!r}")
+            parts.append("(?:" + "|".join(str(i) for i in range(low, high + 1)) + ")")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("^" + "".join(parts) + r"(?:\.|$)")
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _split(item: str, separator: str, field: str) -> tuple[str, float]:
+    pattern, sep, value = item.rpartition(separator)
+    try:
+        if not sep or not pattern:
+            raise ValueError
+        return pattern, float(value)
+    except ValueError:
+        raise UserError(f"config.{field}: {item!r} is not PATTERN{separator}NUMBER") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Parameters that share a learning-rate multiplier and a first trained epoch."""
+
+    lr_multiplier: float = 1.0
+    start_epoch: float = 0.0
+    frozen: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezePlan:
+    freeze: tuple[re.Pattern, ...] = ()
+    unfreeze: tuple[tuple[re.Pattern, float], ...] = ()
+    lr_multipliers: tuple[tuple[re.Pattern, float], ...] = ()
+
+    @classmethod
+    def from_config(cls, config) -> "FreezePlan":
+        return cls(
+            freeze=tuple(compile_pattern(p) for p in _items(config.freeze)),
+            unfreeze=tuple((compile_pattern(p), e) for p, e in (_split(i, "@", "unfreeze") for i in _items(config.unfreeze))),
+            lr_multipliers=tuple(
+                (compile_pattern(p), m) for p, m in (_split(i, "=", "lr_multipliers") for i in _items(config.lr_multipliers))
+            ),
+        )
+
+    @property
+    def is_trivial(self) -> bool:
+        return not (self.freeze or self.unfreeze or self.lr_multipliers)
+
+    def group_of(self, path: str) -> Group:
+        if any(p.match(path) for p in self.freeze):
+            return Group(frozen=True)
+        start = next((e for p, e in self.unfreeze if p.match(path)), 0.0)
+        mult = next((m for p, m in self.lr_multipliers if p.match(path)), 1.0)
+        return Group(lr_multiplier=mult, start_epoch=start, frozen=mult == 0)
+
+    def frozen_patterns(self, epoch: float) -> tuple[re.Pattern, ...]:
+        """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""
+        return self.freeze + tuple(p for p, start in self.unfreeze if epoch < start)
+
+    def check_matches(self, params: nnx.State) -> None:
+        """Every pattern must match some parameter: a typo would otherwise freeze nothing."""
+        paths = [_dotted(path) for path, _ in nnx.to_flat_state(params)]
+        patterns = list(self.freeze) + [p for p, _ in self.unfreeze] + [p for p, _ in self.lr_multipliers]
+        for pattern in patterns:
+            if not any(pattern.match(path) for path in paths):
+                raise UserError(f"parameter pattern {pattern.pattern!r} matches no parameter of the model")
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def label_params(plan: FreezePlan, params: nnx.State) -> tuple[Any, dict[str, Group]]:
+    """A pytree of group labels shaped like `params`, and the group of each label."""
+    groups: dict[str, Group] = {}
+
+    def label(key_path, _):
+        # nnx.State key paths: DictKey per module/attribute, then the Variable's `.value`.
+        path = tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
+        group = plan.group_of(_dotted(path))
+        name = FROZEN if group.frozen else f"lr_x{group.lr_multiplier:g}_from_epoch_{group.start_epoch:g}"
+        groups[name] = group
+        return name
+
+    labels = jax.tree_util.tree_map_with_path(label, params)
+    return labels, groups
+
+
+def partitioned_optimizer(
+    plan: FreezePlan,
+    params: nnx.State,
+    schedule: optax.Schedule,
+    steps_per_epoch: int,
+    make_base: Callable[[optax.Schedule], optax.GradientTransformation],
+) -> optax.GradientTransformation:
+    """`make_base(schedule)` per group, with the group's multiplier and start; frozen: no update."""
+    labels, groups = label_params(plan, params)
+
+    def group_schedule(group: Group) -> optax.Schedule:
+        start_step = int(group.start_epoch * steps_per_epoch)
+        return lambda step: group.lr_multiplier * schedule(step) * (step >= start_step)
+
+    transforms = {
+        name: optax.set_to_zero() if group.frozen else make_base(group_schedule(group)) for name, group in groups.items()
+    }
+    return optax.multi_transform(transforms, labels)
+
+
+def apply_inference_mode(model: nnx.Module, frozen: tuple[re.Pattern, ...]) -> None:
+    """Every module: training mode, except those under a frozen pattern (batch norm uses and
+    keeps its running statistics, dropout is off)."""
+    model.train()
+    for path, module in model.iter_modules():
+        if path and any(p.match(_dotted(path)) for p in frozen):
+            module.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
+
+
+def count_parameters(plan: FreezePlan, params: nnx.State, epoch: float) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts at `epoch`."""
+    frozen_patterns = plan.frozen_patterns(epoch)
+    trainable = frozen = 0
+    for path, variable in nnx.to_flat_state(params):
+        size = variable.get_value().size
+        dotted = _dotted(path)
+        is_frozen = any(p.match(dotted) for p in frozen_patterns) or plan.group_of(dotted).frozen
+        frozen += size if is_frozen else 0
+        trainable += 0 if is_frozen else size
+    return trainable, frozen

@@ -33,7 +33,9 @@ def get_config(variant: str = "pretrained_96") -> ml_collections.ConfigDict:
     c.data.data_dir = "~/.cache/megathread_jax/tiny_imagenet"
     c.data.download = True
     c.data.resolution = 64
+    c.data.crop = "random_resized"  # or "pad": pad-and-crop
     c.data.crop_scale = (0.35, 1.0)  # random-resized-crop area fraction (64 px source images)
+    c.data.crop_padding = 4  # pad-and-crop only
     c.data.normalisation = "tiny_imagenet"
     # used by the built-in demo data only
     c.data.image_size = 32

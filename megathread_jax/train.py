@@ -165,7 +165,9 @@ def _preprocessors(data_config):
     train = functools.partial(
         augment.train_preprocess,
         resolution=data_config.resolution,
+        crop=data_config.crop,
         crop_scale=tuple(data_config.crop_scale),
+        pad=data_config.crop_padding,
         mean=mean,
         std=std,
     )

@@ -70,3 +70,11 @@ def test_bad_config_is_refused(tmp_path, override):
     assert result.returncode != 0
     assert ("learning_rte" in result.stderr) or ("unknown variant 'bogus'" in result.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_mobilenetv2_demo_with_a_frozen_backbone_prints_the_split(tmp_path):
+    result = run_main("--config=configs/mobilenetv2.py:demo", f"--workdir={tmp_path / 'run'}",
+                      "--config.freeze=features.[0-13]", "--config.data.resolution=32", *TINY_DEMO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainable and" in result.stdout and "frozen parameters" in result.stdout
+    assert (tmp_path / "run" / "checkpoints" / "4").is_dir()

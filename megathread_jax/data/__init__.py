@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from megathread_jax.data import demo, tiny_imagenet
+from megathread_jax.data import cifar10, demo, tiny_imagenet
 from megathread_jax.errors import UserError
 
 # Per-channel statistics in [0, 1] units.
@@ -34,13 +34,16 @@ def load(data_config) -> ImageDataset:
     if data_config.name == "tiny_imagenet":
         arrays = tiny_imagenet.load(data_config.data_dir, download_if_missing=data_config.download)
         return ImageDataset("tiny_imagenet", **arrays, num_classes=200)
+    if data_config.name == "cifar10":
+        arrays = cifar10.load(data_config.data_dir, download_if_missing=data_config.download)
+        return ImageDataset("cifar10", **arrays, num_classes=10)
     if data_config.name == "demo_shapes":
         size = data_config.image_size
         train = demo.make_shapes(data_config.train_size, size, seed=0)
         val = demo.make_shapes(data_config.val_size, size, seed=1)
         return ImageDataset("demo_shapes (built-in procedural data)", *train, *val,
                             num_classes=len(demo.CLASS_NAMES), is_builtin_demo=True)
-    raise UserError(f"unknown data set {data_config.name!r}; choose 'tiny_imagenet' or 'demo_shapes'")
+    raise UserError(f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10' or 'demo_shapes'")
 
 
 @functools.lru_cache(maxsize=2)

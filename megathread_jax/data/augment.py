@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 
 def _normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """Pixel values in [0, 255] -> (x / 255 - mean) / std, float32."""
     x = images.astype(jnp.float32) / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
@@ -32,28 +33,53 @@ def _random_resized_crop(
     )
 
 
+def _pad_and_crop(key: jax.Array, image: jax.Array, pad: int) -> jax.Array:
+    """One image: zero-padded by `pad` on each side, then cropped back to its size at random."""
+    h, w = image.shape[0], image.shape[1]
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    y, x = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+    return jax.lax.dynamic_slice(padded, (y, x, 0), (h, w, image.shape[2]))
+
+
+def _resize(x: jax.Array, resolution: int) -> jax.Array:
+    if x.shape[1:3] == (resolution, resolution):
+        return x
+    return jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), "bilinear")
+
+
+CROPS = ("random_resized", "pad")
+
+
 def train_preprocess(
     images: jax.Array,
     key: jax.Array,
     *,
     resolution: int,
-    crop_scale: Sequence[float],
+    crop: str = "random_resized",
+    crop_scale: Sequence[float] = (0.08, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    pad: int = 4,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> jax.Array:
-    """uint8 `(B, H, W, 3)` -> float32 `(B, resolution, resolution, 3)`, randomly cropped and flipped."""
+    """uint8 `(B, H, W, 3)` -> float32 `(B, resolution, resolution, 3)`, randomly cropped and flipped.
+
+    crop "random_resized": a random area fraction `crop_scale` and aspect ratio, resized;
+    crop "pad": zero-pad by `pad`, crop back at a random offset (the CIFAR recipe), then resize.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     crop_key, flip_key = jax.random.split(key)
-    x = _normalise(images, mean, std)
+    x = images.astype(jnp.float32)
     keys = jax.random.split(crop_key, x.shape[0])
-    x = jax.vmap(lambda k, im: _random_resized_crop(k, im, resolution, crop_scale, crop_ratio))(keys, x)
+    if crop == "random_resized":
+        x = jax.vmap(lambda k, im: _random_resized_crop(k, im, resolution, crop_scale, crop_ratio))(keys, x)
+    else:
+        x = _resize(jax.vmap(lambda k, im: _pad_and_crop(k, im, pad))(keys, x), resolution)
     flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0], 1, 1, 1))
-    return jnp.where(flip, x[:, :, ::-1], x)
+    return _normalise(jnp.where(flip, x[:, :, ::-1], x), mean, std)
 
 
 def eval_preprocess(images: jax.Array, *, resolution: int, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """uint8 `(B, H, W, 3)` -> float32 `(B, resolution, resolution, 3)`: whole image, resized."""
-    x = _normalise(images, mean, std)
-    if x.shape[1:3] != (resolution, resolution):
-        x = jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), "bilinear")
-    return x
+    return _resize(_normalise(images, mean, std), resolution)

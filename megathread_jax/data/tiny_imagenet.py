@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from megathread_jax.data.cache import load_arrays, save_arrays
 from megathread_jax.errors import DataNotFoundError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -146,19 +147,13 @@ def _missing_message(data_dir: pathlib.Path, reason: str) -> str:
     )
 
 
-def _save_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    tmp.rename(path)
-
-
 def load(data_dir: str | os.PathLike, *, download_if_missing: bool = True) -> dict[str, np.ndarray]:
     """Train/val uint8 images `(N, 64, 64, 3)` and int32 labels; decodes once, then reads the cache."""
     data_dir = pathlib.Path(data_dir).expanduser()
     cache = data_dir / f"cache_v{CACHE_VERSION}"
-    names = ("train_images", "train_labels", "val_images", "val_labels")
-    if all((cache / f"{n}.npy").is_file() for n in names):
-        return {n: np.load(cache / f"{n}.npy") for n in names}
+    cached = load_arrays(cache)
+    if cached is not None:
+        return cached
     path = find_source(data_dir)
     if path is None:
         if not download_if_missing:
@@ -167,11 +162,8 @@ def load(data_dir: str | os.PathLike, *, download_if_missing: bool = True) -> di
     source = _Source(path)
     wnids = [w.strip() for w in source.read("wnids.txt").decode().splitlines() if w.strip()]
     class_index = {wnid: i for i, wnid in enumerate(wnids)}
-    cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for split in ("train", "val"):
-        images, labels = _read_split(source, split, class_index)
-        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
-    for name, array in out.items():
-        _save_atomic(cache / f"{name}.npy", array)
+        out[f"{split}_images"], out[f"{split}_labels"] = _read_split(source, split, class_index)
+    save_arrays(cache, out)
     return out

@@ -55,3 +55,17 @@ def test_demo_shapes_are_balanced_and_not_separable_by_colour():
     assert np.abs(means - images.mean(axis=(0, 1, 2))).max() < 25
     again, _ = demo.make_shapes(400, 32, seed=0)
     np.testing.assert_array_equal(images, again)
+
+
+def test_pad_and_crop_shifts_the_image_and_resizes():
+    images = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    kwargs = dict(crop="pad", pad=4, mean=(0.0,) * 3, std=(1.0,) * 3)
+    same = augment.train_preprocess(images, jax.random.key(0), resolution=32, **kwargs)
+    assert same.shape == (4, 32, 32, 3)
+    # every output is a shifted (possibly mirrored) window of the zero-padded input
+    padded = np.pad(images / 255.0, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for out, source in zip(np.asarray(same), padded):
+        windows = [source[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+        assert any(np.allclose(out, w, atol=1e-6) or np.allclose(out, w[:, ::-1], atol=1e-6) for w in windows)
+    bigger = augment.train_preprocess(images, jax.random.key(0), resolution=96, **kwargs)
+    assert bigger.shape == (4, 96, 96, 3)

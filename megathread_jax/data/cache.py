@@ -1,0 +1,24 @@
+"""Decoded data sets cached as `.npy` files, written atomically so a kill never leaves half a file."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+SPLIT_ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
+
+
+def load_arrays(directory: pathlib.Path, names=SPLIT_ARRAYS) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when any is missing."""
+    if not all((directory / f"{n}.npy").is_file() for n in names):
+        return None
+    return {n: np.load(directory / f"{n}.npy") for n in names}
+
+
+def save_arrays(directory: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        tmp = directory / f"{name}.tmp.npy"
+        np.save(tmp, array)
+        tmp.rename(directory / f"{name}.npy")

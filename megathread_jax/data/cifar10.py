@@ -1,0 +1,71 @@
+"""CIFAR-10 through tensorflow-datasets, decoded once into cached uint8 arrays.
+
+Preparing the data set (download + conversion) is tensorflow-datasets' job and needs TensorFlow;
+reading a prepared one (`as_data_source`, array_record files) does not.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from megathread_jax.data.cache import load_arrays, save_arrays
+from megathread_jax.errors import DataNotFoundError
+
+CACHE_VERSION = 1
+
+
+def _prepare(builder, data_dir: pathlib.Path) -> None:
+    try:
+        builder.download_and_prepare()
+    except ImportError as e:
+        raise DataNotFoundError(
+            f"preparing CIFAR-10 with tensorflow-datasets needs TensorFlow ({e}).\n"
+            "Install it with `pip install tensorflow` (`tensorflow-cpu` is enough) and run again, "
+            "or try the built-in data: --config=configs/mobilenetv2.py:demo"
+        ) from None
+    except Exception as e:  # network errors come as many types
+        raise DataNotFoundError(
+            f"could not download CIFAR-10 into {data_dir} ({type(e).__name__}: {str(e)[:200]}).\n"
+            "Offline? Prepare it on a machine with a network (python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('cifar10', data_dir='{data_dir}', file_format='array_record').download_and_prepare()\") "
+            "and copy the folder here, or try the built-in data: --config=configs/mobilenetv2.py:demo"
+        ) from None
+
+
+def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    source = builder.as_data_source(split=split)
+    images = np.empty((len(source), 32, 32, 3), np.uint8)
+    labels = np.empty((len(source),), np.int32)
+    for i in tqdm(range(len(source)), desc=f"reading CIFAR-10 {split}", unit="img", leave=False):
+        example = source[i]
+        images[i] = example["image"]
+        labels[i] = example["label"]
+    return images, labels
+
+
+def load(data_dir: str | os.PathLike, *, download_if_missing: bool = True) -> dict[str, np.ndarray]:
+    """Train (50,000) and test (10,000, used for validation) uint8 images `(N, 32, 32, 3)` and labels."""
+    import tensorflow_datasets as tfds
+
+    data_dir = pathlib.Path(data_dir).expanduser()
+    cache = data_dir / f"cifar10_cache_v{CACHE_VERSION}"
+    cached = load_arrays(cache)
+    if cached is not None:
+        return cached
+    builder = tfds.builder("cifar10", data_dir=str(data_dir), file_format="array_record")
+    if not builder.is_prepared():
+        if not download_if_missing:
+            raise DataNotFoundError(
+                f"CIFAR-10 is not prepared in {data_dir} and downloading is switched off; set "
+                "--config.data.download=True, or try the built-in data: --config=configs/mobilenetv2.py:demo"
+            )
+        _prepare(builder, data_dir)
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "val")):
+        arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"] = _read_split(builder, split)
+    save_arrays(cache, arrays)
+    return arrays

@@ -4,8 +4,9 @@
                                  [--dtype float32|bfloat16] [--steps 20] [--json FILE] [--quick]
 
 Both sides run the same model, batch, resolution and precision with AdamW and label-smoothed
-cross-entropy on data already on the device. The reference is timm in eager mode (on a GPU with
-autocast and channels-last for bfloat16). Prints one table; `--json` also writes it.
+cross-entropy on data already on the device. The reference is timm's (MobileViT) or torchvision's
+(MobileNetV2) model in eager mode, on a GPU with autocast and channels-last for bfloat16. Prints
+one table; `--json` also writes it.
 """
 
 from __future__ import annotations
@@ -26,15 +27,38 @@ from megathread_jax import models
 from megathread_jax.models.layers import DEPTHWISE_IMPLS, resolve_depthwise_impl
 from megathread_jax.train import TrainState, make_train_step
 
-TIMM_NAMES = {"mobilevit_xxs": "mobilevit_xxs", "mobilevit_xs": "mobilevit_xs", "mobilevit_s": "mobilevit_s"}
-NUM_CLASSES = 200
+
+
+def _timm(name: str):
+    def build(num_classes: int):
+        import timm
+
+        return timm.create_model(name, num_classes=num_classes)
+
+    return build
+
+
+def _torchvision_mobilenet_v2(num_classes: int):
+    import torchvision
+
+    return torchvision.models.mobilenet_v2(num_classes=num_classes)
+
+
+# model -> (reference label, reference builder, classes of the series' data set)
+REFERENCES = {
+    "mobilevit_xxs": ("timm eager", _timm("mobilevit_xxs"), 200),
+    "mobilevit_xs": ("timm eager", _timm("mobilevit_xs"), 200),
+    "mobilevit_s": ("timm eager", _timm("mobilevit_s"), 200),
+    "mobilenet_v2": ("torchvision eager", _torchvision_mobilenet_v2, 10),
+}
 
 
 def time_flax(
     model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, depthwise_impl: str
 ) -> float:
     """Images per second of the jitted train step (compile excluded)."""
-    model = models.create(model_name, num_classes=NUM_CLASSES, dtype=dtype, depthwise_impl=depthwise_impl)
+    num_classes = REFERENCES[model_name][2]
+    model = models.create(model_name, num_classes=num_classes, dtype=dtype, depthwise_impl=depthwise_impl)
     tx = optax.adamw(1e-3, weight_decay=0.05)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
@@ -43,7 +67,7 @@ def time_flax(
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.random((batch_size, resolution, resolution, 3), np.float32)),
-        "label": jnp.asarray(rng.integers(0, NUM_CLASSES, batch_size), jnp.int32),
+        "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
     }
     for _ in range(warmup):
         state, metrics = step(state, batch)
@@ -55,15 +79,16 @@ def time_flax(
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def time_timm(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int) -> float:
-    import timm
+def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int) -> float:
+    """Images per second of the PyTorch reference's eager train step."""
     import torch
 
+    _, build, num_classes = REFERENCES[model_name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = timm.create_model(TIMM_NAMES[model_name], num_classes=NUM_CLASSES).to(device).train()
+    model = build(num_classes).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     images = torch.rand(batch_size, 3, resolution, resolution, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
     low_precision = dtype != "float32" and device == "cuda"
     if low_precision:
         model = model.to(memory_format=torch.channels_last)
@@ -104,12 +129,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     ours = time_flax(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup, impl)
     reference = None
     if not args.no_reference:
-        reference = time_timm(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
+        reference = time_reference(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
     return [{
         "model": args.model,
         "setting": setting,
         "ours_img_per_s": round(ours, 1),
-        "reference": "timm eager",
+        "reference": REFERENCES[args.model][0],
         "reference_img_per_s": None if reference is None else round(reference, 1),
         "ratio": None if reference is None else round(ours / reference, 2),
         "device": describe_device(),
@@ -128,7 +153,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m megathread_jax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mobilevit_xxs", choices=sorted(TIMM_NAMES))
+    parser.add_argument("--model", default="mobilevit_xxs", choices=sorted(REFERENCES))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -2,14 +2,17 @@
 
 import json
 
+import pytest
+
 from megathread_jax import bench
 
 
-def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys):
+@pytest.mark.parametrize("model, reference", [("mobilevit_xxs", "timm eager"), ("mobilenet_v2", "torchvision eager")])
+def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, reference):
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--json", str(out)])
+    bench.main(["--model", model, "--quick", "--json", str(out)])
     table = capsys.readouterr().out
-    assert "ours_img_per_s" in table and "timm eager" in table and "mobilevit_xxs" in table
+    assert "ours_img_per_s" in table and reference in table and model in table
     rows = json.loads(out.read_text())
     assert len(rows) == 1
     row = rows[0]

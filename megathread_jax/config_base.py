@@ -1,0 +1,76 @@
+"""The fields every training config has, with their defaults. Each `configs/*.py` starts from
+`base_config` and overrides what its model and variants need."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = model
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.drop_rate = 0.0
+    c.model.depthwise_impl = "auto"  # auto: shifted multiply-adds on CPU, lax grouped conv on GPU
+    # "" = random init; a weight source ("timm", "hf", "torchvision", optionally ":TAG") for the
+    # published ImageNet weights (converted once, cached); or a directory written by
+    # `python -m megathread_jax.convert`.
+    c.init_from = ""
+
+    # Which parameters train (megathread_jax/freezing.py): path patterns like "features.[0-13]".
+    c.freeze = ""  # frozen for the whole run
+    c.unfreeze = ""  # "PATTERN@EPOCH,...": frozen until EPOCH
+    c.lr_multipliers = ""  # "PATTERN=MULT,..."
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = ""
+    c.data.data_dir = ""
+    c.data.download = True
+    c.data.resolution = 64
+    c.data.crop = "random_resized"  # or "pad": pad-and-crop
+    c.data.crop_scale = (0.35, 1.0)  # random_resized: area fraction
+    c.data.crop_padding = 4  # pad: pixels on each side
+    c.data.normalisation = "imagenet"  # megathread_jax.data.NORMALISATIONS
+    # the built-in demo data only
+    c.data.image_size = 32
+    c.data.train_size = 0
+    c.data.val_size = 0
+
+    c.num_epochs = 30
+    c.batch_size = 64
+    c.eval_batch_size = 250
+    c.label_smoothing = 0.1
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # or "sgd"
+    c.optim.learning_rate = 1e-3
+    c.optim.final_lr_fraction = 0.01
+    c.optim.warmup_epochs = 1.0
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.momentum = 0.0  # sgd only
+    c.optim.grad_clip_norm = 1.0
+
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 1000  # besides every epoch end
+    c.keep_checkpoints = 2
+    return c
+
+
+def use_demo_data(c: ml_collections.ConfigDict, *, resolution: int) -> None:
+    """Built-in procedural shapes: 4,000 train / 1,000 val 32 px images, random init."""
+    c.init_from = ""
+    c.data.name = "demo_shapes"
+    c.data.image_size = 32
+    c.data.resolution = resolution
+    c.data.train_size = 4000
+    c.data.val_size = 1000
+    c.batch_size = 64
+    c.eval_batch_size = 200
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 0

@@ -130,9 +130,8 @@ def phased_train_steps(
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
             compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
-            if not plan.is_trivial:
-                trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
-                print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
+            trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
+            print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
 
     return step_fn

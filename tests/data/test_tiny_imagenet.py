@@ -76,6 +76,7 @@ def test_loads_from_extracted_folder(tmp_path):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     _check(tiny_imagenet.load(tmp_path, download_if_missing=False))
+    assert (tmp_path / "cache_v1" / "val_labels.npy").is_file()
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):

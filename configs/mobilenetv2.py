@@ -10,15 +10,13 @@ Variants (`--config=configs/mobilenetv2.py:VARIANT`):
 
 import ml_collections
 
-from megathread_jax.config_base import base_config, use_demo_data
+from megathread_jax.config_base import base_config, pick_variant, use_demo_data
 
 VARIANTS = ("linear_probe", "finetune", "gradual", "scratch", "demo")
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-    variant = variant or "finetune"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of configs/mobilenetv2.py; choose one of {', '.join(VARIANTS)}")
+    variant = pick_variant(variant, VARIANTS, "finetune", "configs/mobilenetv2.py")
     c = base_config(variant, "mobilenet_v2")
     c.model.width_mult = 1.0
     c.model.drop_rate = 0.2

@@ -8,15 +8,13 @@ Variants (`--config=configs/mobilevit.py:VARIANT`):
 
 import ml_collections
 
-from megathread_jax.config_base import base_config, use_demo_data
+from megathread_jax.config_base import base_config, pick_variant, use_demo_data
 
 VARIANTS = ("scratch_64", "scratch_96", "pretrained_64", "pretrained_96", "demo")
 
 
 def get_config(variant: str = "pretrained_96") -> ml_collections.ConfigDict:
-    variant = variant or "pretrained_96"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of configs/mobilevit.py; choose one of {', '.join(VARIANTS)}")
+    variant = pick_variant(variant, VARIANTS, "pretrained_96", "configs/mobilevit.py")
     c = base_config(variant, "mobilevit_xxs")
     c.data.name = "tiny_imagenet"
     c.data.data_dir = "~/.cache/megathread_jax/tiny_imagenet"

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from megathread_jax import models
 from megathread_jax.errors import CheckpointMismatchError, WeightsNotFoundError
 
 RUN_FILE = "run.json"
@@ -76,16 +77,12 @@ def check_run_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         path.write_text(json.dumps(identity, indent=1))
 
 
-def weight_state(model: nnx.Module) -> nnx.State:
-    return nnx.state(model, (nnx.Param, nnx.BatchStat))
-
-
 def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> pathlib.Path:
     """Writes the model's parameters and statistics plus `model.json` (name, num_classes, ...)."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "weights", nnx.to_pure_dict(weight_state(model)), force=True)
+    checkpointer.save(directory / "weights", nnx.to_pure_dict(models.weight_state(model)), force=True)
     checkpointer.wait_until_finished()
     (directory / WEIGHTS_META).write_text(json.dumps(meta, indent=1))
     return directory
@@ -118,7 +115,7 @@ def load_weights_into(
     skip = tuple(skip_prefixes)
     copied = 0
     problems = []
-    for path, variable in nnx.to_flat_state(weight_state(model)):
+    for path, variable in nnx.to_flat_state(models.weight_state(model)):
         key = ".".join(map(str, path))
         if skip and key.startswith(skip):
             continue

@@ -6,6 +6,14 @@ from __future__ import annotations
 import ml_collections
 
 
+def pick_variant(variant: str, variants: tuple[str, ...], default: str, config_file: str) -> str:
+    """`variant` (the part after `:` in --config=FILE:VARIANT), `default` when empty; unknown ones refused."""
+    variant = variant or default
+    if variant not in variants:
+        raise ValueError(f"unknown variant {variant!r} of {config_file}; choose one of {', '.join(variants)}")
+    return variant
+
+
 def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant

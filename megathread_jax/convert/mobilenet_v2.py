@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from megathread_jax.convert.tree import WeightMismatchError, to_numpy
+from megathread_jax.convert.tree import WeightMismatchError, numpy_state_dict, to_numpy
 from megathread_jax.models.mobilenet_v2 import INVERTED_RESIDUAL_SETTING
 
 TIMM_NAME = "mobilenetv2_100"
@@ -47,25 +47,31 @@ def timm_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {_timm_key_to_torchvision(k): to_numpy(v) for k, v in state_dict.items()}
 
 
-def torchvision_to_timm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    inverse = {}
+def _torchvision_to_timm_modules() -> dict[str, str]:
+    names = {"features.0.0": "conv_stem", "features.0.1": "bn1", f"features.{_LAST_FEATURE}.0": "conv_head",
+             f"features.{_LAST_FEATURE}.1": "bn2", "classifier.1": "classifier"}
     for stage, (_, _, repeats, _) in enumerate(INVERTED_RESIDUAL_SETTING):
-        names = _TIMM_FIRST_BLOCK if stage == 0 else _TIMM_BLOCK
+        layers = _TIMM_FIRST_BLOCK if stage == 0 else _TIMM_BLOCK
         for block in range(repeats):
-            for timm_layer, tv_layer in names.items():
-                inverse[f"features.{_FIRST_FEATURE_OF_STAGE[stage] + block}.{tv_layer}"] = f"blocks.{stage}.{block}.{timm_layer}"
-    inverse.update({"features.0.0": "conv_stem", "features.0.1": "bn1", f"features.{_LAST_FEATURE}.0": "conv_head",
-                    f"features.{_LAST_FEATURE}.1": "bn2", "classifier.1": "classifier"})
+            for timm_layer, tv_layer in layers.items():
+                names[f"features.{_FIRST_FEATURE_OF_STAGE[stage] + block}.{tv_layer}"] = f"blocks.{stage}.{block}.{timm_layer}"
+    return names
+
+
+_TORCHVISION_TO_TIMM = _torchvision_to_timm_modules()
+
+
+def torchvision_to_timm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for key, value in state_dict.items():
         module, leaf = key.rsplit(".", 1)
-        if module not in inverse:
+        if module not in _TORCHVISION_TO_TIMM:
             raise WeightMismatchError(f"no timm name for {key}")
-        out[f"{inverse[module]}.{leaf}"] = value
+        out[f"{_TORCHVISION_TO_TIMM[module]}.{leaf}"] = value
     return out
 
 
-SOURCES = {"torchvision": lambda sd: {k: to_numpy(v) for k, v in sd.items()}, "timm": timm_to_torchvision}
+SOURCES = {"torchvision": numpy_state_dict, "timm": timm_to_torchvision}
 TARGETS = {"torchvision": lambda sd: sd, "timm": torchvision_to_timm}
 
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from megathread_jax.convert.tree import WeightMismatchError, to_numpy
+from megathread_jax.convert.tree import WeightMismatchError, numpy_state_dict, to_numpy
 
 TIMM_IDS = {name: name for name in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")}
 HF_IDS = {
@@ -73,7 +73,7 @@ def hf_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return fused
 
 
-SOURCES = {"timm": lambda sd: {k: to_numpy(v) for k, v in sd.items()}, "hf": hf_to_timm}
+SOURCES = {"timm": numpy_state_dict, "hf": hf_to_timm}
 TARGETS = {"timm": lambda sd: sd}
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from megathread_jax.models import weight_state
 from megathread_jax.models.layers import BatchNorm, Conv2d
 
 # Keys PyTorch keeps that carry no weights.
@@ -76,6 +77,11 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def numpy_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A state_dict whose names already match the model's tree, as numpy arrays."""
+    return {key: to_numpy(value) for key, value in state_dict.items()}
+
+
 def _parse_path(key: str) -> tuple[str | int, ...]:
     return tuple(int(p) if p.isdigit() else p for p in key.split("."))
 
@@ -98,7 +104,7 @@ def _rule_for(module: Any) -> dict[str, Rule] | None:
 
 
 def _weight_state(model: nnx.Module) -> dict[tuple, nnx.Variable]:
-    return dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
+    return dict(nnx.to_flat_state(weight_state(model)))
 
 
 def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Module:
@@ -126,7 +132,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Mod
             mismatched.append(f"{key}: checkpoint {tuple(array.shape)} vs model {tuple(expected)} (Flax layout)")
             continue
         values[path] = array
-    missing = [_torch_key(path, model) for path in targets if path not in values]
+    missing = [_torch_name(model, path)[0] for path in targets if path not in values]
     problems = []
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched))
@@ -143,11 +149,14 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Mod
     return model
 
 
-def _torch_key(path: tuple, model: nnx.Module) -> str:
+def _torch_name(model: nnx.Module, path: tuple) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The torch key of Flax variable `path` and the transform into torch layout."""
     module_path, flax_leaf = path[:-1], path[-1]
     rules = _rule_for(_submodule(model, module_path)) or {}
-    torch_leaf = next((t for t, (f, _, _) in rules.items() if f == flax_leaf), flax_leaf)
-    return ".".join(str(p) for p in module_path + (torch_leaf,))
+    for torch_leaf, (f, _, to_torch) in rules.items():
+        if f == flax_leaf:
+            return ".".join(str(p) for p in module_path + (torch_leaf,)), to_torch
+    raise WeightMismatchError(f"no PyTorch name for Flax variable {'.'.join(map(str, path))}")
 
 
 def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -157,13 +166,6 @@ def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """
     out = {}
     for path, variable in _weight_state(model).items():
-        module_path, flax_leaf = path[:-1], path[-1]
-        rules = _rule_for(_submodule(model, module_path)) or {}
-        for torch_leaf, (f, _, to_torch) in rules.items():
-            if f == flax_leaf:
-                key = ".".join(str(p) for p in module_path + (torch_leaf,))
-                out[key] = np.ascontiguousarray(to_torch(np.asarray(variable.get_value())))
-                break
-        else:
-            raise WeightMismatchError(f"no PyTorch name for Flax variable {'.'.join(map(str, path))}")
+        key, to_torch = _torch_name(model, path)
+        out[key] = np.ascontiguousarray(to_torch(np.asarray(variable.get_value())))
     return out

@@ -31,6 +31,11 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
+def weight_state(model: nnx.Module) -> nnx.State:
+    """What a checkpoint of weights holds: parameters and batch-norm statistics (no RNG state)."""
+    return nnx.state(model, (nnx.Param, nnx.BatchStat))
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)
 

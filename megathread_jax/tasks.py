@@ -31,3 +31,16 @@ def classification_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array 
         "top5": jnp.sum(top5 * weight),
         "count": jnp.sum(weight),
     }
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean cross-entropy (float32) of predicting tokens[:, 1:] from logits[:, :-1]; `mask` (B, T)
+    marks the target tokens that count."""
+    losses = next_token_losses(logits[:, :-1], tokens[:, 1:])
+    weight = jnp.ones_like(losses) if mask is None else mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def next_token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token cross-entropy (float32) of `targets` under `logits` (already aligned)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)

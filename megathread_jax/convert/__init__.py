@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from megathread_jax import models
-from megathread_jax.convert import mobilenet_v2, mobilevit
+from megathread_jax.convert import gpt2, mobilenet_v2, mobilevit
 from megathread_jax.convert.tree import WeightMismatchError, export_state_dict, load_state_dict
 
 __all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "WeightMismatchError"]
@@ -18,6 +18,7 @@ __all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "We
 _FAMILIES: dict[str, ModuleType] = {
     **{name: mobilevit for name in mobilevit.TIMM_IDS},
     "mobilenet_v2": mobilenet_v2,
+    **{name: gpt2 for name in models.gpt2.SIZES},
 }
 
 
@@ -41,15 +42,18 @@ def _pick(kind: str, options: Mapping[str, Any], choice: str, name: str) -> Any:
 def from_torch(name: str, state_dict: Mapping[str, Any], *, source: str, **model_kwargs: Any) -> nnx.Module:
     """Builds model `name` holding the weights of a PyTorch `state_dict` from `source`.
 
-    `state_dict` values may be torch tensors or numpy arrays. `num_classes` defaults to the size of
-    the checkpoint's classifier. Raises `WeightMismatchError` naming every missing, unexpected or
-    mis-shaped key.
+    `state_dict` values may be torch tensors or numpy arrays. The shape kwargs default to what the
+    weights hold (image models: `num_classes`; GPT-2: `n_layer`, `n_embd`, `vocab_size`, ...; give
+    `n_head` for a width that is not a published size). Raises `WeightMismatchError` naming every missing, unexpected or
+    mis-shaped key. The model comes back in inference mode (dropout off, batch-norm running
+    statistics used), like a PyTorch model from `from_pretrained`; `model.train()` switches.
     """
     family = _family(name)
     tree_state_dict = _pick("source", family.SOURCES, source, name)(state_dict)
-    model_kwargs.setdefault("num_classes", family.num_classes_of(tree_state_dict))
-    model = models.create(name, **model_kwargs)
-    return load_state_dict(model, tree_state_dict)
+    model_kwargs = {**family.model_kwargs_of(tree_state_dict, model_kwargs), **model_kwargs}
+    model = load_state_dict(models.create(name, **model_kwargs), tree_state_dict)
+    model.eval()
+    return model
 
 
 def to_torch(name: str, model: nnx.Module, *, target: str) -> dict[str, Any]:
@@ -67,7 +71,7 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
     """Downloads the published pretrained PyTorch weights of `name` from `source` (needs a network).
 
     `tag` picks among published weights (torchvision: IMAGENET1K_V1 / IMAGENET1K_V2; timm: a
-    pretrained tag; Hugging Face: a model id).
+    pretrained tag; Hugging Face: a model id; GPT-2's default is the hub id equal to `name`).
     """
     family = _family(name)
     _pick("source", family.SOURCES, source, name)

@@ -75,10 +75,10 @@ SOURCES = {"torchvision": numpy_state_dict, "timm": timm_to_torchvision}
 TARGETS = {"torchvision": lambda sd: sd, "timm": torchvision_to_timm}
 
 
-def num_classes_of(tree_state_dict: Mapping[str, np.ndarray]) -> int:
+def model_kwargs_of(tree_state_dict: Mapping[str, np.ndarray], given: Mapping[str, Any]) -> dict[str, Any]:
     if "classifier.1.weight" not in tree_state_dict:
         raise WeightMismatchError("no classifier weight 'classifier.1.weight' (timm: 'classifier.weight')")
-    return int(tree_state_dict["classifier.1.weight"].shape[0])
+    return {"num_classes": int(tree_state_dict["classifier.1.weight"].shape[0])}
 
 
 def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:

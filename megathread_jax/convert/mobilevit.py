@@ -77,10 +77,10 @@ SOURCES = {"timm": numpy_state_dict, "hf": hf_to_timm}
 TARGETS = {"timm": lambda sd: sd}
 
 
-def num_classes_of(tree_state_dict: Mapping[str, np.ndarray]) -> int:
+def model_kwargs_of(tree_state_dict: Mapping[str, np.ndarray], given: Mapping[str, Any]) -> dict[str, Any]:
     if "head.fc.weight" not in tree_state_dict:
         raise WeightMismatchError("no classifier weight 'head.fc.weight' (or HF 'classifier.weight') in the weights")
-    return int(tree_state_dict["head.fc.weight"].shape[0])
+    return {"num_classes": int(tree_state_dict["head.fc.weight"].shape[0])}
 
 
 def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:

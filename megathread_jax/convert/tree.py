@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from megathread_jax.models import weight_state
+from megathread_jax.models.gpt2 import Conv1D, Embedding
 from megathread_jax.models.layers import BatchNorm, Conv2d
 
 # Keys PyTorch keeps that carry no weights.
@@ -44,8 +45,21 @@ def _transpose(a: np.ndarray) -> np.ndarray:
 
 Rule = tuple[str, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
-# module type -> {torch leaf: (flax leaf, to_flax, to_torch)}
-_LEAF_RULES: dict[type, dict[str, Rule]] = {
+
+def _embedding_rules(module: Embedding) -> dict[str, Rule]:
+    """Pads the table to the model's stored rows and slices it back; another vocabulary is left
+    unpadded so that the shape check reports it."""
+    rows = module.weight.get_value().shape[0]
+    real = module.num_embeddings
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, rows - real), (0, 0))) if a.shape[0] == real else a
+
+    return {"weight": ("weight", pad, lambda a: a[:real])}
+
+
+# module type -> {torch leaf: (flax leaf, to_flax, to_torch)}, or a function of the module giving that
+_LEAF_RULES: dict[type, dict[str, Rule] | Callable[[Any], dict[str, Rule]]] = {
     Conv2d: {
         "weight": ("kernel", _conv_to_flax, _conv_to_torch),
         "bias": ("bias", _identity, _identity),
@@ -64,6 +78,11 @@ _LEAF_RULES: dict[type, dict[str, Rule]] = {
         "weight": ("scale", _identity, _identity),
         "bias": ("bias", _identity, _identity),
     },
+    Conv1D: {  # Hugging Face's Conv1D already stores (in, out)
+        "weight": ("weight", _identity, _identity),
+        "bias": ("bias", _identity, _identity),
+    },
+    Embedding: _embedding_rules,
 }
 
 
@@ -99,7 +118,7 @@ def _submodule(model: nnx.Module, path: tuple[str | int, ...]) -> Any:
 def _rule_for(module: Any) -> dict[str, Rule] | None:
     for module_type, rules in _LEAF_RULES.items():
         if isinstance(module, module_type):
-            return rules
+            return rules(module) if callable(rules) else rules
     return None
 
 

@@ -1,4 +1,4 @@
-"""Model registry: `create(name, num_classes=..., seed=...)` builds a Flax NNX module by name."""
+"""Model registry: `create(name, seed=..., **kwargs)` builds a Flax NNX module by name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from megathread_jax.models import mobilenet_v2, mobilevit
+from megathread_jax.models import gpt2, mobilenet_v2, mobilevit
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -25,10 +25,19 @@ def _mobilenet_v2(*, num_classes: int, rngs: nnx.Rngs, dtype: str = "float32", *
     return mobilenet_v2.MobileNetV2(num_classes, dtype=_DTYPES[dtype], rngs=rngs, **kwargs)
 
 
+def _gpt2_factory(size: str) -> Callable[..., nnx.Module]:
+    def build(*, rngs: nnx.Rngs, **overrides: Any) -> nnx.Module:
+        return gpt2.GPT2LMHeadModel(gpt2.make_config(size, **overrides), rngs=rngs)
+
+    return build
+
+
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     **{name: _mobilevit_factory(name) for name in mobilevit.ARCHS},
     "mobilenet_v2": _mobilenet_v2,
+    **{name: _gpt2_factory(name) for name in gpt2.SIZES},
 }
+_NEEDS_NUM_CLASSES = (*mobilevit.ARCHS, "mobilenet_v2")
 
 
 def weight_state(model: nnx.Module) -> nnx.State:
@@ -40,15 +49,20 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.Module:
+def create(name: str, *, seed: int = 0, **kwargs: Any) -> nnx.Module:
     """Builds model `name` with a fresh random initialisation from `seed`.
 
-    kwargs: `dtype` ("float32", "bfloat16", "float16": compute dtype; parameters stay float32),
-    `drop_rate`, `depthwise_impl` ("auto", "shifted", "lax"); MobileNetV2 also `width_mult`.
+    Image models: `num_classes` (required), `dtype` ("float32", "bfloat16", "float16": compute
+    dtype; parameters stay float32), `drop_rate`, `depthwise_impl` ("auto", "shifted", "lax");
+    MobileNetV2 also `width_mult`. GPT-2 ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"): Hugging
+    Face `GPT2Config` field names (`n_layer`, `n_head`, `n_embd`, `vocab_size`, ...) and the fields
+    of `models.gpt2.GPT2Config` (`dtype`, `attention_impl`, `remat`).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    if name in _NEEDS_NUM_CLASSES and "num_classes" not in kwargs:
+        raise ValueError(f"model {name!r} needs num_classes")
     dtype = kwargs.get("dtype", "float32")
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
-    return _REGISTRY[name](num_classes=num_classes, rngs=nnx.Rngs(params=seed, dropout=seed + 1), **kwargs)
+    return _REGISTRY[name](rngs=nnx.Rngs(params=seed, dropout=seed + 1), **kwargs)

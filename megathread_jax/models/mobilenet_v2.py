@@ -84,6 +84,7 @@ class MobileNetV2(nnx.Module):
     ):
         common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
         self.num_classes = num_classes
+        self.width_mult = width_mult
         in_features = make_divisible(32 * width_mult)
         last_features = make_divisible(1280 * max(1.0, width_mult))
         features = [ConvBNReLU6(3, in_features, 3, stride=2, **common)]
@@ -98,6 +99,10 @@ class MobileNetV2(nnx.Module):
             nnx.Dropout(drop_rate, rngs=rngs),
             torch_linear(last_features, num_classes, dtype=dtype, rngs=rngs),
         ])
+
+    def shape_kwargs(self) -> dict[str, float]:
+        """The `models.create` kwargs that rebuild a model of this shape."""
+        return {"num_classes": self.num_classes, "width_mult": self.width_mult}
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != 3:

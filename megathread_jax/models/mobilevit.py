@@ -200,6 +200,10 @@ class MobileViT(nnx.Module):
         self.final_conv = ConvNormAct(in_features, arch.num_features, 1, **common)
         self.head = ClassifierHead(arch.num_features, num_classes, drop_rate, dtype=dtype, rngs=rngs)
 
+    def shape_kwargs(self) -> dict[str, int]:
+        """The `models.create` kwargs that rebuild a model of this shape."""
+        return {"num_classes": self.num_classes}
+
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileViT expects NHWC images with 3 channels, got shape {x.shape}")

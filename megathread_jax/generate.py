@@ -1,0 +1,184 @@
+"""GPT-2 text generation with a preallocated key/value cache, compiled once per (batch, cache length).
+
+Prompts of different lengths are left-padded (attention mask 0 on padding) as Hugging Face does;
+positions count real tokens only. The whole loop (prefill, then one token per iteration) runs in
+one `jax.jit`; the prompt length and the number of new tokens are traced values, and the cache
+length is rounded up to a power of two, so new prompts rarely compile anything.
+
+CLI (streams tokens as they come):
+  python -m megathread_jax.generate --model gpt2 --prompt "The cat sat on the mat" --max-new-tokens 40
+  python -m megathread_jax.generate --checkpoint WORKDIR_OR_WEIGHTS_DIR --prompt "..." --do-sample --top-p 0.9
+  python -m megathread_jax.generate --model gpt2 --prompt "The cat sat on the mat" --attention-png cat.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import io_callback
+
+MIN_CACHE_LENGTH = 16
+
+
+def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> jax.Array:
+    """Logits after temperature, top-k and top-p (nucleus) filtering, in Hugging Face's order;
+    removed tokens get -inf. The nucleus is the smallest set of most likely tokens whose
+    probabilities reach `top_p`."""
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k is not None:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    if top_p is not None:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = mass_before < top_p
+        smallest_kept = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < smallest_kept, -jnp.inf, logits)
+    return logits
+
+
+def cache_length(prompt_length: int, max_new_tokens: int, n_positions: int) -> int:
+    """The cache bucket: the next power of two (at least 16) holding prompt and new tokens."""
+    needed = prompt_length + max_new_tokens
+    if needed > n_positions:
+        raise ValueError(
+            f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"{n_positions} positions"
+        )
+    return min(max(MIN_CACHE_LENGTH, 1 << (needed - 1).bit_length()), n_positions)
+
+
+# The streaming callback of the running `generate` call. The compiled loop calls a fixed function
+# (`_emit`), so a new callback never causes a compilation.
+_stream_sink: list[Callable[[np.ndarray], None]] = []
+
+
+def _emit(tokens: np.ndarray) -> None:
+    if _stream_sink:
+        _stream_sink[-1](np.asarray(tokens))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "do_sample", "top_k", "use_top_p", "stream"))
+def _generate_loop(graphdef, state, tokens, slot_mask, prompt_length, max_new_tokens, key, temperature,
+                   top_p, eos_token_id, pad_token_id, *, do_sample, top_k, use_top_p, stream):
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    batch, slots = tokens.shape
+    n_positions = model.config.n_positions
+    positions = jnp.clip(jnp.cumsum(slot_mask, axis=-1) - 1, 0, n_positions - 1)
+    # Prefill every slot at once; slots after the prompt hold padding and are causally invisible to
+    # the prompt. Their cache entries are overwritten before any real token attends to them.
+    logits, cache = model.decode(tokens, positions, slot_mask, model.init_cache(batch, slots), jnp.int32(0))
+    next_logits = jax.lax.dynamic_index_in_dim(logits, prompt_length - 1, axis=1, keepdims=False)
+
+    def choose(logits, i):
+        if not do_sample:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p if use_top_p else None)
+        return jax.random.categorical(jax.random.fold_in(key, i), filtered).astype(jnp.int32)
+
+    def keep_going(carry):
+        i, _, _, _, finished = carry
+        return (i < max_new_tokens) & ~jnp.all(finished)
+
+    def step(carry):
+        i, tokens, cache, next_logits, finished = carry
+        token = jnp.where(finished, pad_token_id, choose(next_logits, i))
+        slot = prompt_length + i
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, slot))
+        if stream:
+            io_callback(_emit, None, token, ordered=True)
+        finished = finished | (token == eos_token_id)
+        position = jax.lax.dynamic_slice_in_dim(positions, slot, 1, axis=1)
+        logits, cache = model.decode(token[:, None], position, slot_mask, cache, slot)
+        return i + 1, tokens, cache, logits[:, 0], finished
+
+    carry = (jnp.int32(0), tokens, cache, next_logits, jnp.zeros((batch,), bool))
+    _, tokens, _, _, _ = jax.lax.while_loop(keep_going, step, carry)
+    return tokens
+
+
+def generate(
+    model: nnx.Module,
+    input_ids: np.ndarray,
+    *,
+    attention_mask: np.ndarray | None = None,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    seed: int = 0,
+    on_token: Callable[[np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """Token ids (B, T + max_new_tokens): the prompts followed by the new tokens, `pad_token_id`
+    after a row's EOS (like Hugging Face's `generate`, but always of full length).
+
+    `input_ids` (B, T) are left-padded where prompts differ in length, with `attention_mask` 0 on
+    the padding. Greedy unless `do_sample`; sampling applies temperature, then top-k, then top-p.
+    `on_token`, if given, receives each step's new tokens (B,) as they are made.
+    """
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {input_ids.shape}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    batch, prompt_length = input_ids.shape
+    mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
+    if not mask[:, -1].all():
+        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all 1")
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+    slots = cache_length(prompt_length, max_new_tokens, model.config.n_positions)
+    tokens = np.full((batch, slots), pad_token_id, np.int32)
+    tokens[:, :prompt_length] = input_ids
+    slot_mask = np.ones((batch, slots), np.int32)
+    slot_mask[:, :prompt_length] = mask
+
+    graphdef, state = nnx.split(model)
+    if on_token is not None:
+        _stream_sink.append(on_token)
+    try:
+        out = _generate_loop(
+            graphdef, state, jnp.asarray(tokens), jnp.asarray(slot_mask), jnp.int32(prompt_length),
+            jnp.int32(max_new_tokens), jax.random.key(seed), jnp.float32(temperature),
+            jnp.float32(1.0 if top_p is None else top_p), jnp.int32(-1 if eos_token_id is None else eos_token_id),
+            jnp.int32(pad_token_id), do_sample=do_sample, top_k=top_k if do_sample else None,
+            use_top_p=do_sample and top_p is not None, stream=on_token is not None,
+        )
+        out = np.asarray(out)  # waits for the loop, and so for every streamed token
+    finally:
+        if on_token is not None:
+            _stream_sink.pop()
+    return out[:, : prompt_length + max_new_tokens]
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) for token lists of different lengths, padded on the left."""
+    length = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_token_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, length - len(seq):] = seq
+            mask[row, length - len(seq):] = 1
+    return ids, mask

@@ -23,7 +23,7 @@ WEIGHTS_META = "model.json"
 class CheckpointStore:
     """`<workdir>/checkpoints` (latest `keep` states) and `<workdir>/best` (best by `best_metric`)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str):
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str, best_mode: str = "max"):
         workdir = pathlib.Path(workdir).absolute()
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
@@ -32,7 +32,7 @@ class CheckpointStore:
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode="max"
+                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode
             ),
         )
 
@@ -77,8 +77,13 @@ def check_run_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         path.write_text(json.dumps(identity, indent=1))
 
 
+def weights_meta(model_name: str, model: nnx.Module, **extra: Any) -> dict[str, Any]:
+    """What `model.json` records: the model name, the kwargs that rebuild its shape, and `extra`."""
+    return {"model": model_name, "model_kwargs": model.shape_kwargs(), **extra}
+
+
 def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> pathlib.Path:
-    """Writes the model's parameters and statistics plus `model.json` (name, num_classes, ...)."""
+    """Writes the model's parameters and statistics plus `model.json` (see `weights_meta`)."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -88,14 +93,33 @@ def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[st
     return directory
 
 
-def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, nested dict of arrays) from a directory written by `save_weights`."""
+def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
+    """The `model.json` of a directory written by `save_weights`."""
     directory = pathlib.Path(directory).expanduser().absolute()
     if not (directory / WEIGHTS_META).is_file():
         raise WeightsNotFoundError(f"no converted weights in {directory} (no {WEIGHTS_META})")
-    meta = json.loads((directory / WEIGHTS_META).read_text())
+    return json.loads((directory / WEIGHTS_META).read_text())
+
+
+def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, nested dict of arrays) from a directory written by `save_weights`."""
+    directory = pathlib.Path(directory).expanduser().absolute()
+    meta = read_meta(directory)
     weights = ocp.StandardCheckpointer().restore(directory / "weights")
     return meta, weights
+
+
+def model_from_weights(directory: str | pathlib.Path, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
+    """(model, meta) rebuilt from a directory written by `save_weights`; `overrides` change how it
+    computes (e.g. dtype), never its shape."""
+    meta = read_meta(directory)
+    try:
+        model = models.create(meta["model"], **{**meta["model_kwargs"], **overrides})
+    except KeyError as e:
+        raise CheckpointMismatchError(f"{directory}/{WEIGHTS_META} lacks {e}; convert the weights again") from None
+    load_weights_into(model, meta["model"], directory)
+    model.eval()
+    return model, meta
 
 
 def load_weights_into(

@@ -17,6 +17,7 @@ def pick_variant(variant: str, variants: tuple[str, ...], default: str, config_f
 def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.task = "image_classification"  # megathread_jax.tasks.TASKS
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import pathlib
 import sys
 from typing import Callable
 
@@ -182,3 +183,88 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray,
             ids[row, length - len(seq):] = seq
             mask[row, length - len(seq):] = 1
     return ids, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def _weights_directory(args) -> pathlib.Path:
+    from megathread_jax import checkpoints, train
+
+    if args.checkpoint:
+        directory = pathlib.Path(args.checkpoint).expanduser()
+        nested = directory / train.FINAL_WEIGHTS  # a training workdir
+        return nested if (nested / checkpoints.WEIGHTS_META).is_file() else directory
+    return train.pretrained_dir(args.model, "hf")
+
+
+class _Printer:
+    """Prints the text of a growing token list as it grows (whole characters only)."""
+
+    def __init__(self, tokenizer, eos_token_id: int):
+        self.tokenizer, self.eos_token_id = tokenizer, eos_token_id
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def __call__(self, tokens: np.ndarray) -> None:
+        token = int(tokens[0])
+        if token == self.eos_token_id or (self.ids and self.ids[-1] == self.eos_token_id):
+            self.ids.append(self.eos_token_id)
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.printed) and not text.endswith("\ufffd"):
+            print(text[len(self.printed):], end="", flush=True)
+            self.printed = text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megathread_jax import attention_maps, checkpoints, models
+    from megathread_jax.data import text
+    from megathread_jax.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m megathread_jax.generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default="gpt2", choices=sorted(models.gpt2.SIZES),
+                        help="Hugging Face's published weights (downloaded and converted once)")
+    source.add_argument("--checkpoint", help="a training workdir or a directory written by the converter")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--attention-png", help="also save the prompt's attention heatmaps to this PNG")
+    parser.add_argument("--attention-layer", type=int, default=-1, help="which layer to draw (default: the last)")
+    args = parser.parse_args(argv)
+    try:
+        directory = _weights_directory(args)
+        model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype)
+        tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
+        prompt = tokenizer.encode(args.prompt)
+        if not prompt:
+            raise UserError("the prompt is empty")
+        if args.attention_png:
+            weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
+            layer = args.attention_layer % model.config.n_layer
+            labels = [tokenizer.decode([t]) for t in prompt]
+            path = attention_maps.plot_attention(weights, labels, args.attention_png,
+                                                 title=f"{meta['model']} layer {layer}: {args.prompt!r}")
+            print(f"attention heatmaps: {path}", file=sys.stderr)
+        print(args.prompt, end="", flush=True)
+        printer = _Printer(tokenizer, tokenizer.eos_token_id)
+        generate(model, np.asarray([prompt]), max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 eos_token_id=tokenizer.eos_token_id, seed=args.seed, on_token=printer)
+        print()
+    except (UserError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,7 +63,7 @@ class MetricWriter:
                 continue
             steps = [r["step"] for r in rows]
             ax_loss.plot(steps, [r["loss"] for r in rows], style, label=f"{split} loss")
-            for metric in ("top1", "top5"):
+            for metric in ("top1", "top5", "accuracy"):
                 if metric in rows[0]:
                     ax_acc.plot(steps, [r[metric] for r in rows], style, label=f"{split} {metric}")
         for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):

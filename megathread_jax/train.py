@@ -1,9 +1,8 @@
-"""The one training loop: data -> model -> jitted train/eval steps over a device mesh -> checkpoints
-and metrics. Tasks differ only in their loss and metrics (`tasks.py`)."""
+"""The one training loop: task (data, loss, metrics) -> model -> jitted train/eval steps over a
+device mesh -> checkpoints and metrics. Tasks differ only in what `tasks.py` defines."""
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import time
 from typing import Any, Callable
@@ -17,11 +16,11 @@ from flax import nnx, struct
 from tqdm import tqdm
 
 from megathread_jax import checkpoints, data, freezing, models, optim, parallel, tasks
-from megathread_jax.data import augment
 from megathread_jax.errors import UserError, WeightsNotFoundError
 from megathread_jax.metrics import MetricWriter
 
 WEIGHTS_CACHE = pathlib.Path("~/.cache/megathread_jax/weights").expanduser()
+FINAL_WEIGHTS = "weights"  # <workdir>/weights: the final model, readable by convert and generate
 
 
 @struct.dataclass
@@ -55,19 +54,30 @@ def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
             "scratch with --config.init_from=''"
         ) from None
     model = convert.from_torch(model_name, state_dict, source=source)
-    checkpoints.save_weights(directory, model, {"model": model_name, "num_classes": model.num_classes, "source": init_from})
+    checkpoints.save_weights(directory, model, checkpoints.weights_meta(model_name, model, source=init_from))
     return directory
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    model = models.create(config.model.name, num_classes=num_classes, seed=config.seed, **kwargs)
-    if config.init_from:
-        directory = pretrained_dir(config.model.name, config.init_from)
-        copied = checkpoints.load_weights_into(
-            model, config.model.name, directory, skip_prefixes=(model.classifier_path,)
-        )
-        print(f"initialised {copied} arrays from {directory}; fresh {num_classes}-class {model.classifier_path}")
+def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) -> nnx.Module:
+    """The configured model with the task's shape (classes, vocabulary), from `init_from` if set.
+
+    Pretrained weights bring their own shape (layers, widths), which `config.model` can change in how
+    it computes (dtype, dropout, ...) but not in size; an image model's classifier stays freshly
+    initialised for the new label set.
+    """
+    directory = pretrained_dir(config.model.name, config.init_from) if config.init_from else None
+    pretrained_shape = checkpoints.read_meta(directory).get("model_kwargs", {}) if directory else {}
+    kwargs = {**pretrained_shape, **{k: v for k, v in config.model.items() if k != "name"}, **task_kwargs}
+    try:
+        model = models.create(config.model.name, seed=config.seed, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build model {config.model.name!r} from config.model: {e}") from None
+    if directory:
+        head = getattr(model, "classifier_path", None)
+        copied = checkpoints.load_weights_into(model, config.model.name, directory,
+                                               skip_prefixes=(head,) if head else ())
+        fresh = f"; fresh {kwargs['num_classes']}-class {head}" if head else ""
+        print(f"initialised {copied} arrays from {directory}{fresh}")
     return model
 
 
@@ -77,28 +87,25 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
-    preprocess: Callable[[jax.Array, jax.Array], jax.Array],
+    task_loss: Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]],
     *,
-    label_smoothing: float,
     seed: int,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         # The step is folded into the key so a resumed run draws the same augmentations.
         key = jax.random.fold_in(jax.random.key(seed), state.step)
-        images = preprocess(batch["image"], key)
         model = nnx.merge(graphdef, state.params, state.rest)
 
         def loss_fn(model):
-            logits = model(images)
-            return tasks.classification_loss(logits, batch["label"], label_smoothing), logits
+            return task_loss(model, batch, key)
 
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, task_metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         _, _, rest = nnx.split(model, nnx.Param, ...)
         metrics = {
             "loss": loss,
-            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            **task_metrics,
             "grad_norm": optax.global_norm(grads),
             "update_norm": optax.global_norm(updates),
             "param_norm": optax.global_norm(params),
@@ -137,43 +144,24 @@ def phased_train_steps(
     return step_fn
 
 
-def make_eval_step(graphdef: nnx.GraphDef, preprocess: Callable[[jax.Array], jax.Array]):
+def make_eval_step(graphdef: nnx.GraphDef, eval_sums: Callable[[nnx.Module, dict[str, jax.Array]], dict]):
     def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]):
-        model = nnx.merge(graphdef, params, rest)
-        logits = model(preprocess(batch["image"]))
-        return tasks.classification_counts(logits, batch["label"], batch["mask"])
+        return eval_sums(nnx.merge(graphdef, params, rest), batch)
 
     return eval_step
 
 
-def evaluate(eval_step, state: TrainState, dataset: data.ImageDataset, mesh, batch_size: int) -> dict[str, float]:
+def evaluate(eval_step, state: TrainState, task, mesh) -> dict[str, float]:
     totals = None
-    for batch in data.eval_batches(dataset.val_images, dataset.val_labels, batch_size):
-        counts = eval_step(state.params, state.rest, parallel.shard_batch(mesh, batch))
-        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
-    totals = jax.device_get(totals)
-    n = max(float(totals.pop("count")), 1.0)
-    return {k: float(v) / n for k, v in totals.items()}
+    for batch in task.eval_batches():
+        sums = eval_step(state.params, state.rest, parallel.shard_batch(mesh, batch))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return task.summarise(jax.device_get(totals))
 
 
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
-def _preprocessors(data_config):
-    mean, std = data.NORMALISATIONS[data_config.normalisation]
-    train = functools.partial(
-        augment.train_preprocess,
-        resolution=data_config.resolution,
-        crop=data_config.crop,
-        crop_scale=tuple(data_config.crop_scale),
-        pad=data_config.crop_padding,
-        mean=mean,
-        std=std,
-    )
-    evaluate_ = functools.partial(augment.eval_preprocess, resolution=data_config.resolution, mean=mean, std=std)
-    return train, evaluate_
-
-
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
     bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
     if bad:
@@ -184,28 +172,30 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Trains and evaluates; a rerun with the same workdir resumes from the latest checkpoint."""
+    """Trains and evaluates; a rerun with the same workdir resumes from the latest checkpoint.
+
+    With `num_epochs=0` the run only evaluates the initial (e.g. `init_from`) weights.
+    """
     workdir = pathlib.Path(workdir).expanduser().absolute()
     parallel.maybe_initialize_distributed()
 
-    # -- data
-    dataset = data.load(config.data)
-    num_train = len(dataset.train_labels)
-    steps_per_epoch = num_train // config.batch_size
+    # -- task: data, loss, metrics
+    task = tasks.create(config)
+    steps_per_epoch = task.num_train_examples // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
+    if config.num_epochs and not steps_per_epoch:
+        raise UserError(f"batch size {config.batch_size} is larger than the training set "
+                        f"({task.num_train_examples} examples)")
     mesh = parallel.make_mesh()
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % jax.device_count():
             raise UserError(f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices")
-    label = "built-in demo data" if dataset.is_builtin_demo else ""
+    label = "built-in demo data" if task.is_builtin_demo else ""
 
     # -- model, optimizer, state
-    model = build_model(config, dataset.num_classes)
-    checkpoints.check_run_identity(
-        workdir,
-        {"model": config.model.name, "num_classes": dataset.num_classes, "data": config.data.name},
-    )
-    schedule = optim.learning_rate_schedule(config.optim, total_steps, steps_per_epoch)
+    model = build_model(config, task.model_kwargs)
+    checkpoints.check_run_identity(workdir, {"model": config.model.name, **task.identity})
+    schedule = optim.learning_rate_schedule(config.optim, total_steps, max(steps_per_epoch, 1))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     plan = freezing.FreezePlan.from_config(config)
     plan.check_matches(params)
@@ -222,24 +212,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = jax.device_put(state, parallel.replicated(mesh))
 
     # -- checkpoints: resume if the workdir has one
-    store = checkpoints.CheckpointStore(workdir, keep=config.keep_checkpoints, best_metric="top1")
+    store = checkpoints.CheckpointStore(workdir, keep=config.keep_checkpoints, best_metric=task.best_metric,
+                                        best_mode=task.best_mode)
     if store.latest_step() is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = store.restore_latest(abstract)
         print(f"resumed from step {int(state.step)} in {workdir}")
 
-    train_pre, eval_pre = _preprocessors(config.data)
     train_step_for = phased_train_steps(
-        model, plan, steps_per_epoch,
-        lambda graphdef: make_train_step(graphdef, tx, train_pre, label_smoothing=config.label_smoothing, seed=config.seed),
+        model, plan, steps_per_epoch, lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed)
     )
-    eval_step = jax.jit(make_eval_step(eval_graphdef, eval_pre))
+    eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
 
     writer = MetricWriter(workdir, label=label)
     start = int(state.step)
     print(
         f"{config.model.name}: {num_params:,} parameters on {jax.device_count()} {jax.default_backend()} "
-        f"device(s); {dataset.name}: {num_train} train / {len(dataset.val_labels)} val; "
+        f"device(s); {task.name}: {task.num_train_examples} train / {task.num_val_examples} val examples; "
         f"{steps_per_epoch} steps/epoch, {total_steps} steps"
     )
 
@@ -248,8 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
     for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", unit="step",
                      disable=jax.process_index() != 0):
-        idx = data.train_indices(step, num_examples=num_train, batch_size=config.batch_size, seed=config.seed)
-        batch = parallel.shard_batch(mesh, {"image": dataset.train_images[idx], "label": dataset.train_labels[idx]})
+        batch = parallel.shard_batch(mesh, task.train_batch(step))
         state, metrics = train_step_for(step)(state, batch)
         interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
         interval_steps += 1
@@ -261,21 +249,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
             _check_finite(done, means)
             elapsed = time.perf_counter() - interval_start
-            means["images_per_sec"] = interval_steps * config.batch_size / elapsed
+            means[f"{task.throughput_unit}_per_sec"] = interval_steps * task.examples_per_step(config.batch_size) / elapsed
             means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
             writer.write(done, "train", means)
             interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
         if end_of_epoch:
-            val_metrics = evaluate(eval_step, state, dataset, mesh, config.eval_batch_size)
+            val_metrics = evaluate(eval_step, state, task, mesh)
             writer.write(done, "val", val_metrics)
             store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
             interval_start = time.perf_counter()
         elif save_now:
             store.save(done, state)
 
-    if not val_metrics:  # resumed after the last step: report the final state's metrics
-        val_metrics = evaluate(eval_step, state, dataset, mesh, config.eval_batch_size)
+    if not val_metrics:  # nothing to train, or resumed after the last step: report the final state
+        val_metrics = evaluate(eval_step, state, task, mesh)
+        writer.write(int(state.step), "val", val_metrics)
     store.close()
+    nnx.update(model, state.params, state.rest)
+    if jax.process_index() == 0:
+        meta = checkpoints.weights_meta(config.model.name, model, step=int(state.step), **task.weights_meta)
+        print(f"final weights: {checkpoints.save_weights(workdir / FINAL_WEIGHTS, model, meta)}")
+        report = task.final_report(model)
+        if report:
+            print(report)
     curves = writer.plot_curves()
     writer.close()
     if curves:

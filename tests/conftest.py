@@ -44,3 +44,14 @@ def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
 def _torch_threads():
     torch.set_num_threads(2)
     torch.manual_seed(0)
+
+
+def classification_loss_fn(preprocess=lambda images, key: images, label_smoothing: float = 0.0):
+    """A `make_train_step` task loss: cross-entropy of the model on preprocessed batch["image"]."""
+    from megathread_jax import tasks
+
+    def loss(model, batch, key):
+        logits = model(preprocess(batch["image"], key))
+        return tasks.classification_loss(logits, batch["label"], label_smoothing), {}
+
+    return loss

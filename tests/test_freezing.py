@@ -11,6 +11,7 @@ from flax import nnx
 from megathread_jax import freezing, models
 from megathread_jax.errors import UserError
 from megathread_jax.train import TrainState, make_train_step, phased_train_steps
+from tests.conftest import classification_loss_fn
 
 STEPS_PER_EPOCH = 2
 
@@ -33,7 +34,7 @@ def _run(config, num_steps):
                                         lambda s: optax.sgd(s, momentum=0.9))
     state = TrainState(step=np.int32(0), params=params, rest=rest, opt_state=tx.init(params))
     step_for = phased_train_steps(model, plan, STEPS_PER_EPOCH,
-                                  lambda g: make_train_step(g, tx, lambda x, k: x, label_smoothing=0.0, seed=0))
+                                  lambda g: make_train_step(g, tx, classification_loss_fn(), seed=0))
     rng = np.random.default_rng(0)
     history = [{**_flat(state.params), **_flat(nnx.state(state.rest, nnx.BatchStat))}]
     for step in range(num_steps):

@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from megathread_jax import convert, generate, models
 
-CONFIG = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=128, bos_token_id=499, eos_token_id=499)
+CONFIG = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=128, bos_token_id=499, eos_token_id=499, initializer_range=0.3)
 
 
 @pytest.fixture(scope="module")

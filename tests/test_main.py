@@ -1,6 +1,7 @@
 """The training CLI end to end on built-in data: a run, its outputs, and a resume."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -78,3 +79,50 @@ def test_mobilenetv2_demo_with_a_frozen_backbone_prints_the_split(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable and" in result.stdout and "frozen parameters" in result.stdout
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
+
+
+def run_generate(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "megathread_jax.generate", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_gpt2_demo_learns_then_generates_and_evaluates_from_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = run_main("--config=configs/gpt2.py:demo", f"--workdir={run}", "--config.model.n_layer=2",
+                      "--config.num_epochs=2", "--config.data.max_train_tokens=40000", "--config.log_every_steps=3",
+                      "--config.sample_tokens=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(train_losses) == 6 and train_losses[-1] < train_losses[0] - 1.0, train_losses
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 2 and val[1]["perplexity"] < val[0]["perplexity"]
+    assert abs(val[1]["perplexity"] - math.exp(val[1]["loss"])) < 1e-3 * val[1]["perplexity"]
+    assert "sample:\nThe for statement" in result.stdout
+    assert "built-in demo data" in result.stdout + result.stderr
+
+    sample = run_generate("--checkpoint", str(run), "--prompt", "def ", "--max-new-tokens", "12", "--do-sample",
+                          "--top-k", "5", "--attention-png", str(tmp_path / "attention.png"))
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert sample.stdout.startswith("def ") and len(sample.stdout) > len("def \n")
+    assert (tmp_path / "attention.png").stat().st_size > 0
+
+    corpus = tmp_path / "eval.txt"
+    corpus.write_text("The for statement is used to iterate over the elements of a sequence.\n" * 20)
+    evaluation = run_main("--config=configs/gpt2.py:eval_ppl", f"--workdir={tmp_path / 'eval'}",
+                          f"--config.init_from={run / 'weights'}", "--config.data.name=text_file",
+                          f"--config.data.path={corpus}", "--config.data.tokenizer=bytes",
+                          "--config.data.seq_len=128", "--config.data.eval_stride=64")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "initialised" in evaluation.stdout and "final validation" in evaluation.stdout
+    [val] = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert val["split"] == "val" and 1.0 < val["perplexity"] < 257
+
+
+def test_gpt2_finetune_offline_explains_what_to_do(tmp_path):
+    result = run_main("--config=configs/gpt2.py", f"--workdir={tmp_path / 'run'}", "--config.data.name=text_file",
+                      f"--config.data.path={tmp_path / 'missing.txt'}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "data.path" in result.stderr
+    assert not (tmp_path / "run").exists()

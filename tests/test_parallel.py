@@ -9,7 +9,7 @@ SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np, optax
     from flax import nnx
-    from megathread_jax import models, parallel
+    from megathread_jax import models, parallel, tasks
     from megathread_jax.train import TrainState, make_train_step
     assert jax.device_count() == 8, jax.devices()
 
@@ -25,8 +25,11 @@ SCRIPT = textwrap.dedent(
                  "label": rng.integers(0, 10, 16).astype(np.int32)}
         batch = parallel.shard_batch(mesh, batch)
         assert len(batch["image"].sharding.device_set) == len(devices)
-        pre = lambda images, key: images.astype(np.float32) / 255.0
-        step = jax.jit(make_train_step(graphdef, tx, pre, label_smoothing=0.1, seed=0))
+        def loss(model, batch, key):
+            logits = model(batch["image"].astype(np.float32) / 255.0)
+            return tasks.classification_loss(logits, batch["label"], 0.1), {}
+
+        step = jax.jit(make_train_step(graphdef, tx, loss, seed=0))
         for _ in range(2):
             state, metrics = step(state, batch)
         return float(metrics["loss"]), jax.device_get(state.params), jax.device_get(state.rest)

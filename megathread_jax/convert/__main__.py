@@ -3,9 +3,11 @@
 PyTorch -> Flax (a directory the trainer loads with --config.init_from=DIR):
   python -m megathread_jax.convert --model mobilevit_xxs --source timm [--weights FILE] --out DIR
   python -m megathread_jax.convert --model mobilenet_v2 --source torchvision [--tag IMAGENET1K_V1] --out DIR
+  python -m megathread_jax.convert --model gpt2 --source hf --out DIR   (also gpt2-medium, gpt2-large, gpt2-xl)
   (without --weights, the published weights are downloaded through timm / torchvision / Hugging Face)
 Flax -> PyTorch:
   python -m megathread_jax.convert --model mobilevit_xxs --target timm --from-flax DIR --out FILE.safetensors|.pth
+  python -m megathread_jax.convert --model gpt2 --target hf --from-flax WORKDIR/weights --out model.safetensors
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ def _to_flax(args) -> str:
     else:
         state_dict = convert.fetch(args.model, args.source, args.tag)
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    if args.n_head:
+        kwargs["n_head"] = args.n_head
     model = convert.from_torch(args.model, state_dict, source=args.source, **kwargs)
-    meta = {"model": args.model, "num_classes": model.num_classes, "source": args.source,
-            "weights": str(args.weights or "published")}
+    meta = checkpoints.weights_meta(args.model, model, source=args.source, weights=str(args.weights or "published"))
     out = checkpoints.save_weights(args.out, model, meta)
-    return f"wrote {args.model} ({model.num_classes} classes) from {args.source} weights to {out}"
+    shape = ", ".join(f"{k}={v}" for k, v in meta["model_kwargs"].items() if k in ("num_classes", "n_layer", "n_embd"))
+    return f"wrote {args.model} ({shape}) from {args.source} weights to {out}"
 
 
 def _to_torch(args) -> str:
-    meta, _ = checkpoints.read_weights(args.from_flax)
-    model = models.create(meta["model"], num_classes=meta["num_classes"])
-    checkpoints.load_weights_into(model, args.model, args.from_flax)
+    model, meta = checkpoints.model_from_weights(args.from_flax)
+    if meta["model"] != args.model:
+        raise UserError(f"{args.from_flax} holds {meta['model']!r} weights, not {args.model!r}")
     state_dict = convert.to_torch(args.model, model, target=args.target)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, choices=models.names())
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2)")
-    direction.add_argument("--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2)")
+    direction.add_argument("--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)")
+    direction.add_argument("--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)")
     parser.add_argument("--weights", help="local .pt/.pth/.bin/.safetensors state_dict (with --source)")
-    parser.add_argument("--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision)")
+    parser.add_argument("--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision, gpt2-medium for GPT-2)")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's)")
+    parser.add_argument("--n-head", type=int, help="GPT-2 head count, for widths that are not a published size")
     parser.add_argument("--from-flax", help="directory written by this tool (with --target)")
     parser.add_argument("--out", required=True, help="output directory (--source) or file (--target)")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from megathread_jax import convert
 from megathread_jax.train import TrainState, make_train_step
-from tests.conftest import nchw_to_nhwc, randomise_batchnorm, run_flax
+from tests.conftest import classification_loss_fn, nchw_to_nhwc, randomise_batchnorm, run_flax
 
 ATOL = 1e-4
 
@@ -92,7 +92,7 @@ def test_one_sgd_step_matches_timm():
     tx = optax.sgd(lr)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=np.int32(0), params=params, rest=rest, opt_state=tx.init(params))
-    step = make_train_step(graphdef, tx, lambda images, key: images, label_smoothing=0.0, seed=0)
+    step = make_train_step(graphdef, tx, classification_loss_fn(), seed=0)
     import jax
 
     state, metrics = jax.jit(step)(state, {"image": nchw_to_nhwc(x), "label": labels.numpy()})

@@ -91,3 +91,37 @@ def test_offline_fetch_says_how_to_convert_a_local_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert "--weights FILE" in message and "--config.init_from" in message
     assert not list(tmp_path.iterdir())  # nothing half-written in the cache
+
+
+def test_gpt2_cli_round_trip_through_a_flax_directory(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    reference = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32,
+                                           bos_token_id=299, eos_token_id=299))
+    torch.save(reference.state_dict(), tmp_path / "gpt2.pth")
+    flax_dir = tmp_path / "flax"
+    assert convert_main(["--model", "gpt2", "--source", "hf", "--weights", str(tmp_path / "gpt2.pth"),
+                         "--n-head", "4", "--out", str(flax_dir)]) == 0
+    model, meta = checkpoints.model_from_weights(flax_dir)
+    assert meta["model_kwargs"]["n_layer"] == 2 and model.config.vocab_size == 300
+    ids = np.arange(10)[None]
+    with torch.no_grad():
+        expected = reference.eval()(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(ids)), expected, atol=1e-4, rtol=0)
+
+    out = tmp_path / "back.safetensors"
+    assert convert_main(["--model", "gpt2", "--target", "hf", "--from-flax", str(flax_dir), "--out", str(out)]) == 0
+    back = load_file(str(out))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(back[key], value), key
+
+
+def test_gpt2_weights_given_for_an_image_model_are_refused(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.save(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).state_dict(), tmp_path / "gpt2.pth")
+    code = convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(tmp_path / "gpt2.pth"),
+                         "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "head.fc.weight" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         directory = _weights_directory(args)
-        model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype)
+        model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype, attention_impl="xla")
         tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
         prompt = tokenizer.encode(args.prompt)
         if not prompt:

@@ -15,7 +15,7 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from megathread_jax import checkpoints, data, freezing, models, optim, parallel, tasks
+from megathread_jax import checkpoints, freezing, models, optim, parallel, tasks
 from megathread_jax.errors import UserError, WeightsNotFoundError
 from megathread_jax.metrics import MetricWriter
 

@@ -48,7 +48,7 @@ class GPT2Config:
     eos_token_id: int = 50256
     # Not in Hugging Face's config: how this port computes.
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    attention_impl: str = "xla"  # "xla" | "cudnn" (GPU, bfloat16/float16)
+    attention_impl: str = "xla"  # "xla" | "cudnn" (GPU, bfloat16/float16; causal attention without padding)
     remat: str = "none"  # "none" | "full" | "dots": what each block keeps for the backward pass
     vocab_pad_multiple: int = 128
 
@@ -159,9 +159,11 @@ class GPT2Attention(nnx.Module):
         if output_attentions or dropout_active:
             out, weights = self._explicit_attention(q, k, v, mask)
         else:
+            # The fused cuDNN kernel serves the plain causal case (training); masked attention
+            # (padding, the generation cache) takes XLA's implementation.
             out = jax.nn.dot_product_attention(
                 q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
-                implementation=self.implementation,
+                implementation=self.implementation if mask is None else "xla",
             )
         out = self.resid_dropout(self.c_proj(out.reshape(b, t, d)))
         return out, cache, weights

@@ -4,7 +4,7 @@ Variants (`--config=configs/gpt2.py:VARIANT`):
   finetune  GPT-2 124M from Hugging Face's weights on a text corpus (default; a local file with
             --config.data.name=text_file --config.data.path=FILE, or a Hugging Face dataset)
   demo      a small GPT-2 with a byte-level vocabulary on the Python docs in `pydoc_data`,
-            a few minutes on a CPU, ending with a generated sample
+            about 5 minutes on a 2-core CPU, ending with a generated sample
   eval_ppl  strided sliding-window perplexity of --config.init_from (default: Hugging Face's
             GPT-2) on WikiText-2's test split, or on a local text with data.name=text_file
 """
@@ -71,10 +71,10 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
     c.sample_top_k = 40
 
     if variant == "demo":
-        c.model = _model("gpt2", n_layer=4, n_head=4, n_embd=128, n_positions=128, embd_pdrop=0.0, resid_pdrop=0.0)
+        c.model = _model("gpt2", n_layer=4, n_head=5, n_embd=160, n_positions=128, embd_pdrop=0.0, resid_pdrop=0.0)
         c.data = _text_data(name="pydoc", tokenizer="bytes", seq_len=128)
         c.init_from = ""
-        c.num_epochs = 3
+        c.num_epochs = 5
         c.batch_size = 32
         c.eval_batch_size = 32
         c.optim.learning_rate = 2e-3

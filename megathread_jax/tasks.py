@@ -112,6 +112,9 @@ class ImageClassification:
     def summarise(self, totals: dict[str, Any]) -> dict[str, float]:
         return _means(totals)
 
+    def check_model(self, model) -> None:
+        pass
+
     def final_report(self, model) -> str:
         return ""
 
@@ -170,6 +173,10 @@ class LanguageModelling:
         metrics = _means(totals)
         metrics["perplexity"] = float(np.exp(metrics["loss"]))
         return metrics
+
+    def check_model(self, model) -> None:
+        if self.seq_len > model.config.n_positions:
+            raise UserError(f"data.seq_len={self.seq_len} exceeds the model's {model.config.n_positions} positions")
 
     def final_report(self, model) -> str:
         """A sample from the trained model (config.sample_prompt, config.sample_tokens new tokens)."""

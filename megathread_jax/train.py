@@ -194,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # -- model, optimizer, state
     model = build_model(config, task.model_kwargs)
+    task.check_model(model)
     checkpoints.check_run_identity(workdir, {"model": config.model.name, **task.identity})
     schedule = optim.learning_rate_schedule(config.optim, total_steps, max(steps_per_epoch, 1))
     _, params, rest = nnx.split(model, nnx.Param, ...)

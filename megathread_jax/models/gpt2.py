@@ -256,6 +256,13 @@ class GPT2LMHeadModel(nnx.Module):
         logits = jnp.einsum("btd,vd->btv", hidden.astype(dtype), table, preferred_element_type=jnp.float32)
         return logits[..., : self.config.vocab_size]
 
+    def _check_length(self, input_ids: jax.Array) -> int:
+        if input_ids.ndim != 2:
+            raise ValueError(f"GPT-2 expects token ids of shape (batch, length), got {input_ids.shape}")
+        if input_ids.shape[1] > self.config.n_positions:
+            raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's {self.config.n_positions} positions")
+        return input_ids.shape[1]
+
     def _attention_mask(self, attention_mask: jax.Array | None, t: int) -> jax.Array | None:
         if attention_mask is None:
             return None  # causal only: the fused kernels' fast path
@@ -267,7 +274,7 @@ class GPT2LMHeadModel(nnx.Module):
     ) -> jax.Array:
         """Logits (B, T, vocab_size), float32. Like Hugging Face, positions default to 0..T-1 even
         with left padding; `attention_mask` (B, T) marks real tokens with 1."""
-        t = input_ids.shape[1]
+        t = self._check_length(input_ids)
         if position_ids is None:
             position_ids = jnp.arange(t)[None]
         hidden, _, _ = self.transformer(input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, False)
@@ -275,7 +282,7 @@ class GPT2LMHeadModel(nnx.Module):
 
     def attention_weights(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Softmax attention weights of every layer and head, (n_layer, B, n_head, T, T), float32."""
-        t = input_ids.shape[1]
+        t = self._check_length(input_ids)
         position_ids = jnp.arange(t)[None]
         _, _, weights = self.transformer(input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, True)
         return jnp.stack(weights)

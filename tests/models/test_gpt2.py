@@ -61,3 +61,9 @@ def test_published_sizes():
     assert models.gpt2.make_config("gpt2-xl").n_embd == 1600
     counts = sum(x.size for x in jax.tree.leaves(nnx.state(models.create("gpt2"), nnx.Param)))
     assert counts == 124_439_808 + (50_304 - 50_257) * 768  # Hugging Face's count plus the padding rows
+
+
+def test_too_long_inputs_are_refused():
+    model = models.create("gpt2", **SMALL)
+    with pytest.raises(ValueError, match="exceed the model's 32 positions"):
+        model(jnp.zeros((1, 33), jnp.int32))

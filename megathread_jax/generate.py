@@ -25,6 +25,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
+from megathread_jax.errors import UserError, exit_code_of
+from megathread_jax.models import gpt2
+
 MIN_CACHE_LENGTH = 16
 
 
@@ -219,14 +222,10 @@ class _Printer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megathread_jax import attention_maps, checkpoints, models
-    from megathread_jax.data import text
-    from megathread_jax.errors import UserError
-
     parser = argparse.ArgumentParser(prog="python -m megathread_jax.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default="gpt2", choices=sorted(models.gpt2.SIZES),
+    source.add_argument("--model", default="gpt2", choices=sorted(gpt2.SIZES),
                         help="Hugging Face's published weights (downloaded and converted once)")
     source.add_argument("--checkpoint", help="a training workdir or a directory written by the converter")
     parser.add_argument("--prompt", required=True)
@@ -240,30 +239,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-png", help="also save the prompt's attention heatmaps to this PNG")
     parser.add_argument("--attention-layer", type=int, default=-1, help="which layer to draw (default: the last)")
     args = parser.parse_args(argv)
-    try:
-        directory = _weights_directory(args)
-        model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype, attention_impl="xla")
-        tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
-        prompt = tokenizer.encode(args.prompt)
-        if not prompt:
-            raise UserError("the prompt is empty")
-        if args.attention_png:
-            weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
-            layer = args.attention_layer % model.config.n_layer
-            labels = [tokenizer.decode([t]) for t in prompt]
-            path = attention_maps.plot_attention(weights, labels, args.attention_png,
-                                                 title=f"{meta['model']} layer {layer}: {args.prompt!r}")
-            print(f"attention heatmaps: {path}", file=sys.stderr)
-        print(args.prompt, end="", flush=True)
-        printer = _Printer(tokenizer, tokenizer.eos_token_id)
-        generate(model, np.asarray([prompt]), max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 eos_token_id=tokenizer.eos_token_id, seed=args.seed, on_token=printer)
-        print()
-    except (UserError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code_of(lambda: _run_cli(args))
+
+
+def _run_cli(args: argparse.Namespace) -> None:
+    from megathread_jax import attention_maps, checkpoints
+    from megathread_jax.data import text
+
+    directory = _weights_directory(args)
+    model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype, attention_impl="xla")
+    tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
+    prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise UserError("the prompt is empty")
+    if args.attention_png:
+        weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
+        layer = args.attention_layer % model.config.n_layer
+        labels = [tokenizer.decode([t]) for t in prompt]
+        path = attention_maps.plot_attention(weights, labels, args.attention_png,
+                                             title=f"{meta['model']} layer {layer}: {args.prompt!r}")
+        print(f"attention heatmaps: {path}", file=sys.stderr)
+    print(args.prompt, end="", flush=True)
+    printer = _Printer(tokenizer, tokenizer.eos_token_id)
+    generate(model, np.asarray([prompt]), max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+             eos_token_id=tokenizer.eos_token_id, seed=args.seed, on_token=printer)
+    print()
 
 
 if __name__ == "__main__":

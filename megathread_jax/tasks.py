@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from megathread_jax import data
+from megathread_jax import data, generate
 from megathread_jax.data import augment, text
 from megathread_jax.errors import UserError
 
@@ -180,8 +180,6 @@ class LanguageModelling:
 
     def final_report(self, model) -> str:
         """A sample from the trained model (config.sample_prompt, config.sample_tokens new tokens)."""
-        from megathread_jax import generate
-
         prompt = self.tokenizer.encode(self.config.sample_prompt) or [self.tokenizer.eos_token_id]
         new_tokens = min(self.config.sample_tokens, model.config.n_positions - len(prompt))
         if new_tokens < 1:

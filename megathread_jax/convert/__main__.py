@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from megathread_jax import checkpoints, convert, models
-from megathread_jax.errors import UserError
+from megathread_jax.errors import UserError, exit_code_of
 
 
 def _to_flax(args) -> str:
@@ -69,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.target and not args.from_flax:
         parser.error("--target needs --from-flax DIR")
-    try:
-        print(_to_flax(args) if args.source else _to_torch(args))
-    except (UserError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code_of(lambda: print(_to_flax(args) if args.source else _to_torch(args)))
 
 
 if __name__ == "__main__":

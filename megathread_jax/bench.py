@@ -217,14 +217,18 @@ def describe_device() -> str:
     return device.device_kind
 
 
+def _significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
 def _row(model: str, setting: str, unit: str, ours: float, reference_name: str, reference: float | None) -> dict:
     return {
         "model": model,
         "setting": setting,
         "unit": unit,
-        "ours": round(ours, 1),
+        "ours": _significant(ours),
         "reference": reference_name,
-        "reference_value": None if reference is None else round(reference, 1),
+        "reference_value": None if reference is None else _significant(reference),
         "ratio": None if reference is None else round(ours / reference, 2),
         "device": describe_device(),
         "date": datetime.date.today().isoformat(),

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+from typing import Any
+
 import ml_collections
 
 
@@ -83,3 +87,26 @@ def use_demo_data(c: ml_collections.ConfigDict, *, resolution: int) -> None:
     c.eval_batch_size = 200
     c.log_every_steps = 20
     c.checkpoint_every_steps = 0
+
+
+def load_config(spec: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The config of `FILE.py[:VARIANT]` (as `--config=` takes it), with dotted-key overrides
+    (as `--config.a.b=...` gives them); an unknown field is refused like on the command line."""
+    path, _, variant = str(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_config", path)
+    if module_spec is None or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part] if part in node else None
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise KeyError(f"unknown config field {key!r}")
+        if leaf not in node:
+            raise KeyError(f"unknown config field {key!r}")
+        node[leaf] = value
+    return config

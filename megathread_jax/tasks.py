@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 
 from megathread_jax import data, generate
 from megathread_jax.data import augment, text
@@ -111,6 +112,19 @@ class ImageClassification:
 
     def summarise(self, totals: dict[str, Any]) -> dict[str, float]:
         return _means(totals)
+
+    def predict(self, model) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, predicted labels) of the validation images, preprocessed as in evaluation."""
+        model.eval()
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def predicted(state, images):
+            return jnp.argmax(nnx.merge(graphdef, state)(self._eval_preprocess(images)), axis=-1)
+
+        batches = list(self.eval_batches())
+        guesses = np.concatenate([np.asarray(predicted(state, b["image"]))[b["mask"]] for b in batches])
+        return self.dataset.val_labels, guesses
 
     def check_model(self, model) -> None:
         pass

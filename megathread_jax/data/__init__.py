@@ -27,6 +27,7 @@ class ImageDataset:
     val_labels: np.ndarray
     num_classes: int
     is_builtin_demo: bool = False
+    class_names: tuple[str, ...] = ()  # empty where the data set names its classes by id only
 
 
 def load(data_config) -> ImageDataset:
@@ -36,13 +37,13 @@ def load(data_config) -> ImageDataset:
         return ImageDataset("tiny_imagenet", **arrays, num_classes=200)
     if data_config.name == "cifar10":
         arrays = cifar10.load(data_config.data_dir, download_if_missing=data_config.download)
-        return ImageDataset("cifar10", **arrays, num_classes=10)
+        return ImageDataset("cifar10", **arrays, num_classes=10, class_names=cifar10.CLASS_NAMES)
     if data_config.name == "demo_shapes":
         size = data_config.image_size
         train = demo.make_shapes(data_config.train_size, size, seed=0)
         val = demo.make_shapes(data_config.val_size, size, seed=1)
         return ImageDataset("demo_shapes (built-in procedural data)", *train, *val,
-                            num_classes=len(demo.CLASS_NAMES), is_builtin_demo=True)
+                            num_classes=len(demo.CLASS_NAMES), is_builtin_demo=True, class_names=demo.CLASS_NAMES)
     raise UserError(f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10' or 'demo_shapes'")
 
 

@@ -16,6 +16,7 @@ from megathread_jax.data.cache import load_arrays, save_arrays
 from megathread_jax.errors import DataNotFoundError
 
 CACHE_VERSION = 1
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _prepare(builder, data_dir: pathlib.Path) -> None:

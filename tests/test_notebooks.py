@@ -39,3 +39,11 @@ def test_runs_top_to_bottom_in_smoke_mode(path, tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "SMOKE mode" in text
     assert not any(o.output_type == "error" for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+
+
+def test_readme_opens_each_notebook_in_colab_from_the_repository_the_notebooks_install():
+    readme = (NOTEBOOKS[0].parents[1] / "README.md").read_text()
+    for path in NOTEBOOKS:
+        source = nbformat.read(path, as_version=4).cells[1].source
+        repository = re.search(r'REPOSITORY = "https://github.com/([^"]+)"', source).group(1)
+        assert f"colab.research.google.com/github/{repository}/blob/main/notebooks/{path.name}" in readme

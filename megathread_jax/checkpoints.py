@@ -26,13 +26,18 @@ class CheckpointStore:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str, best_mode: str = "max"):
         workdir = pathlib.Path(workdir).absolute()
         self.best_metric = best_metric
+        # Saving in the background overlaps training on one process; across processes (seen on CPU
+        # with gloo) orbax's background commit barriers can wait on each other forever, so save in line.
+        asynchronous = jax.process_count() == 1
         self.latest = ocp.CheckpointManager(
-            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous),
         )
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode
+                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                enable_async_checkpointing=asynchronous,
             ),
         )
 
@@ -89,7 +94,8 @@ def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[st
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / "weights", nnx.to_pure_dict(models.weight_state(model)), force=True)
     checkpointer.wait_until_finished()
-    (directory / WEIGHTS_META).write_text(json.dumps(meta, indent=1))
+    if jax.process_index() == 0:
+        (directory / WEIGHTS_META).write_text(json.dumps(meta, indent=1))
     return directory
 
 
@@ -105,8 +111,12 @@ def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[st
     """(meta, nested dict of arrays) from a directory written by `save_weights`."""
     directory = pathlib.Path(directory).expanduser().absolute()
     meta = read_meta(directory)
-    weights = ocp.StandardCheckpointer().restore(directory / "weights")
-    return meta, weights
+    checkpointer = ocp.StandardCheckpointer()
+    # Restored onto this process's first device, whatever mesh wrote them (e.g. a multi-host run).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(directory / "weights").item_metadata.tree)
+    return meta, checkpointer.restore(directory / "weights", target)
 
 
 def model_from_weights(directory: str | pathlib.Path, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:

@@ -24,6 +24,8 @@ def maybe_initialize_distributed() -> None:
     if not address or jax.distributed.is_initialized():
         return
     count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over TCP
     jax.distributed.initialize(address, int(count) if count else None, int(index) if index else None)
 
 
@@ -34,6 +36,22 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Host values (the same on every process) as arrays replicated over the mesh, also when the
+    mesh spans several processes (where `jax.device_put` cannot place values on other hosts)."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(put, tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -210,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    state = jax.device_put(state, parallel.replicated(mesh))
+    state = parallel.replicate(state, mesh)
 
     # -- checkpoints: resume if the workdir has one
     store = checkpoints.CheckpointStore(workdir, keep=config.keep_checkpoints, best_metric=task.best_metric,
@@ -267,9 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.write(int(state.step), "val", val_metrics)
     store.close()
     nnx.update(model, state.params, state.rest)
+    meta = checkpoints.weights_meta(config.model.name, model, step=int(state.step), **task.weights_meta)
+    final_weights = checkpoints.save_weights(workdir / FINAL_WEIGHTS, model, meta)  # every process takes part
     if jax.process_index() == 0:
-        meta = checkpoints.weights_meta(config.model.name, model, step=int(state.step), **task.weights_meta)
-        print(f"final weights: {checkpoints.save_weights(workdir / FINAL_WEIGHTS, model, meta)}")
+        print(f"final weights: {final_weights}")
         report = task.final_report(model)
         if report:
             print(report)

@@ -1,0 +1,62 @@
+"""Two processes joined by jax.distributed over loopback train the demo data-parallel and end where
+one process ends; checkpoints and metrics are written once."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from megathread_jax import checkpoints
+from tests.test_main import ROOT, TINY_DEMO
+
+# SGD: Adam divides near-zero gradients by their own size and so turns the float noise of a different
+# reduction order into learning-rate-sized steps.
+COMMAND = [sys.executable, "-m", "megathread_jax.main", "--config=configs/mobilevit.py:demo", *TINY_DEMO,
+           "--config.optim.name=sgd", "--config.optim.momentum=0.9", "--config.optim.learning_rate=0.05"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _weights(workdir) -> dict[str, np.ndarray]:
+    _, weights = checkpoints.read_weights(workdir / "weights")
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(weights)[0]}
+
+
+def test_two_processes_train_like_one(tmp_path):
+    address = f"localhost:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            [*COMMAND, f"--workdir={tmp_path / 'two'}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": address,
+                            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "on 2 cpu device(s)" in outputs[0]
+    assert "final weights" in outputs[0] and "final weights" not in outputs[1]  # process 0 reports
+
+    single = subprocess.run([*COMMAND, f"--workdir={tmp_path / 'one'}"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    two_weights, one_weights = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    assert two_weights.keys() == one_weights.keys()
+    for key, value in two_weights.items():
+        np.testing.assert_allclose(value, one_weights[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    two, one = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                for run in ("two", "one"))
+    assert [(r["split"], r["step"]) for r in two] == [("train", 2), ("train", 4), ("val", 4)]  # once each
+    assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4"]

@@ -26,6 +26,7 @@ class CheckpointStore:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str, best_mode: str = "max"):
         workdir = pathlib.Path(workdir).absolute()
         self.best_metric = best_metric
+        self._closed = False
         # Saving in the background overlaps training on one process; across processes (seen on CPU
         # with gloo) orbax's background commit barriers can wait on each other forever, so save in line.
         asynchronous = jax.process_count() == 1
@@ -60,6 +61,9 @@ class CheckpointStore:
             self.best.save(step, args=ocp.args.StandardSave(weights), metrics=metrics, force=True)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
         self.latest.close()

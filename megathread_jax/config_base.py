@@ -69,6 +69,10 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.optim.momentum = 0.0  # sgd only
     c.optim.grad_clip_norm = 1.0
 
+    # A non-finite loss, gradient or update stops the run (naming the step) unless this is True:
+    # then that update is skipped and counted in the `skipped_updates` metric.
+    c.skip_nonfinite_updates = False
+
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000  # besides every epoch end
     c.keep_checkpoints = 2

@@ -4,6 +4,8 @@ device mesh -> checkpoints and metrics. Tasks differ only in what `tasks.py` def
 from __future__ import annotations
 
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -90,7 +92,11 @@ def make_train_step(
     task_loss: Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]],
     *,
     seed: int,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted-to-be train step. With `skip_nonfinite`, a step whose loss, gradients or updated
+    parameters are not finite leaves the state as it was (counted in `skipped_updates`)."""
+
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         # The step is folded into the key so a resumed run draws the same augmentations.
         key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -110,7 +116,14 @@ def make_train_step(
             "update_norm": optax.global_norm(updates),
             "param_norm": optax.global_norm(params),
         }
-        return state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state), metrics
+        new_state = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
+        if skip_nonfinite:
+            finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
+            kept = state.replace(step=state.step + 1)
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+            metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+            metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics
 
     return train_step
 
@@ -162,6 +175,26 @@ def evaluate(eval_step, state: TrainState, task, mesh) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
+class StopRequest:
+    """SIGTERM and SIGINT (Ctrl-C, a preempted machine) ask the loop to save and stop after the step
+    in flight; the handlers are installed for the run's duration (main thread only)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
     bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
     if bad:
@@ -221,7 +254,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         print(f"resumed from step {int(state.step)} in {workdir}")
 
     train_step_for = phased_train_steps(
-        model, plan, steps_per_epoch, lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed)
+        model, plan, steps_per_epoch,
+        lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed,
+                                         skip_nonfinite=config.skip_nonfinite_updates),
     )
     eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
 
@@ -236,31 +271,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # -- loop
     val_metrics: dict[str, float] = {}
     interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
-    for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", unit="step",
-                     disable=jax.process_index() != 0):
-        batch = parallel.shard_batch(mesh, task.train_batch(step))
-        state, metrics = train_step_for(step)(state, batch)
-        interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
-        interval_steps += 1
-        done = step + 1
-        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
-        save_now = end_of_epoch or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0)
-        # Metrics are read (and checked to be finite) before every save, so no NaN state is saved.
-        if done % config.log_every_steps == 0 or save_now:
-            means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
-            _check_finite(done, means)
-            elapsed = time.perf_counter() - interval_start
-            means[f"{task.throughput_unit}_per_sec"] = interval_steps * task.examples_per_step(config.batch_size) / elapsed
-            means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
-            writer.write(done, "train", means)
-            interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
-        if end_of_epoch:
-            val_metrics = evaluate(eval_step, state, task, mesh)
-            writer.write(done, "val", val_metrics)
-            store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
-            interval_start = time.perf_counter()
-        elif save_now:
-            store.save(done, state)
+    stop = StopRequest()
+    try:
+        for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", unit="step",
+                         disable=jax.process_index() != 0):
+            batch = parallel.shard_batch(mesh, task.train_batch(step))
+            state, metrics = train_step_for(step)(state, batch)
+            interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
+            interval_steps += 1
+            done = step + 1
+            end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+            save_now = (end_of_epoch or stop.signal_name is not None
+                        or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0))
+            # Metrics are read (and checked to be finite) before every save, so no NaN state is saved.
+            if done % config.log_every_steps == 0 or save_now:
+                means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
+                _check_finite(done, means)
+                if "skipped_updates" in means:
+                    means["skipped_updates"] *= interval_steps  # a count, not a mean
+                elapsed = time.perf_counter() - interval_start
+                means[f"{task.throughput_unit}_per_sec"] = interval_steps * task.examples_per_step(config.batch_size) / elapsed
+                means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
+                writer.write(done, "train", means)
+                interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
+            if end_of_epoch:
+                val_metrics = evaluate(eval_step, state, task, mesh)
+                writer.write(done, "val", val_metrics)
+                store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
+                interval_start = time.perf_counter()
+            elif save_now:
+                store.save(done, state)
+            if stop.signal_name:
+                raise UserError(f"stopped by {stop.signal_name} after step {done}; a checkpoint of that step is "
+                                f"saved in {workdir}. Rerun the same command to resume.")
+    except BaseException:
+        store.close()  # saves in flight (all of finite states) complete before the error is reported
+        raise
+    finally:
+        stop.restore()
 
     if not val_metrics:  # nothing to train, or resumed after the last step: report the final state
         val_metrics = evaluate(eval_step, state, task, mesh)

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from megathread_jax import models
-from megathread_jax.errors import CheckpointMismatchError, WeightsNotFoundError
+from megathread_jax.errors import CheckpointMismatchError, CheckpointSaveError, WeightsNotFoundError
 
 RUN_FILE = "run.json"
 WEIGHTS_META = "model.json"
@@ -56,9 +56,15 @@ class CheckpointStore:
             ) from None
 
     def save(self, step: int, state: Any, *, metrics: dict[str, float] | None = None, weights: Any = None) -> None:
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
-        if metrics is not None and weights is not None:
-            self.best.save(step, args=ocp.args.StandardSave(weights), metrics=metrics, force=True)
+        try:
+            self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+            if metrics is not None and weights is not None:
+                self.best.save(step, args=ocp.args.StandardSave(weights), metrics=metrics, force=True)
+        except OSError as e:  # a full disk, a lost mount: orbax only renames complete checkpoints into place
+            raise CheckpointSaveError(
+                f"could not save the checkpoint of step {step} in {self.latest.directory} ({e}); the previous "
+                f"checkpoint (step {self.latest_step()}) is kept. Free space and rerun the same command to resume."
+            ) from None
 
     def close(self) -> None:
         if self._closed:

@@ -20,6 +20,10 @@ class CheckpointMismatchError(UserError):
     pass
 
 
+class CheckpointSaveError(UserError):
+    pass
+
+
 def exit_code_of(command: Callable[[], None]) -> int:
     """Runs a CLI command: 0, or 1 after printing `error: ...` (no traceback) for input the user
     can fix (bad values, missing files, offline downloads, missing extras)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import pickle
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -100,7 +101,15 @@ def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
         import torch
     except ImportError as e:
         raise ImportError(f"reading {path.suffix} files needs PyTorch: pip install 'megathread_jax[torch]'") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} holds objects other than tensors and was refused: reading it would run code from the "
+            f"file ({str(e).splitlines()[0][:200]}). Save a plain state_dict or a .safetensors file."
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

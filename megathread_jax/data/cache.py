@@ -10,10 +10,14 @@ SPLIT_ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
 
 
 def load_arrays(directory: pathlib.Path, names=SPLIT_ARRAYS) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when any is missing."""
+    """The cached arrays, or None when any is missing or unreadable (then the caller rebuilds it)."""
     if not all((directory / f"{n}.npy").is_file() for n in names):
         return None
-    return {n: np.load(directory / f"{n}.npy") for n in names}
+    try:
+        return {n: np.load(directory / f"{n}.npy", allow_pickle=False) for n in names}
+    except (ValueError, OSError, EOFError) as e:
+        print(f"the cache in {directory} is unreadable ({e}); building it again")
+        return None
 
 
 def save_arrays(directory: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:

@@ -15,13 +15,14 @@ import pathlib
 import urllib.request
 import zipfile
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from megathread_jax.data.cache import load_arrays, save_arrays
 from megathread_jax.errors import DataNotFoundError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+_REPLACE_ZIP = "delete it to download it again, or replace it with a good copy"
 ZIP_NAME = "tiny-imagenet-200.zip"
 ZIP_BYTES = 248_100_043
 ZIP_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -47,6 +48,8 @@ class _Source:
                 return self._zip.read(f"{ROOT}/{rel}")
             except KeyError:
                 raise DataNotFoundError(f"{self.path} has no {ROOT}/{rel}: not a Tiny ImageNet zip") from None
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DataNotFoundError(f"{self.path} is damaged ({ROOT}/{rel}: {e}); {_REPLACE_ZIP}") from None
         file = self.path / rel
         if not file.is_file():
             raise DataNotFoundError(f"{file} is missing: {self.path} is not an extracted Tiny ImageNet folder")
@@ -61,7 +64,15 @@ class _Source:
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
-def _decode(data: bytes) -> np.ndarray:
+def _decode(data: bytes, rel: str) -> np.ndarray:
+    try:
+        return _decode_image(data)
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        reason = "unrecognised image data" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DataNotFoundError(f"{ROOT}/{rel} is not a readable image ({reason}); {_REPLACE_ZIP}") from None
+
+
+def _decode_image(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")  # some images are greyscale
         if img.size != (IMAGE_SIZE, IMAGE_SIZE):
@@ -74,7 +85,7 @@ def _decode_all(source: _Source, paths: list[str], desc: str) -> np.ndarray:
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pending = {}
         for i, rel in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
-            pending[pool.submit(_decode, source.read(rel))] = i
+            pending[pool.submit(_decode, source.read(rel), rel)] = i
         for future in concurrent.futures.as_completed(pending):
             images[pending[future]] = future.result()
     return images
@@ -103,6 +114,10 @@ def _read_split(source: _Source, split: str, class_index: dict[str, int]) -> tup
 
 def find_source(data_dir: pathlib.Path) -> pathlib.Path | None:
     """The zip or extracted folder under `data_dir` (or `data_dir` itself), if present."""
+    zip_path = data_dir / ZIP_NAME
+    if zip_path.is_file() and not zipfile.is_zipfile(zip_path):
+        raise DataNotFoundError(f"{zip_path} is not a complete zip ({zip_path.stat().st_size:,} of "
+                                f"{ZIP_BYTES:,} bytes: truncated or damaged); {_REPLACE_ZIP}")
     for candidate in (data_dir / ZIP_NAME, data_dir / ROOT, data_dir):
         if candidate.is_file() and zipfile.is_zipfile(candidate):
             return candidate
@@ -147,13 +162,26 @@ def _missing_message(data_dir: pathlib.Path, reason: str) -> str:
     )
 
 
+def _cache_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    for split in ("train", "val"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            return f"{split} images are {images.dtype} {images.shape}"
+        if len(labels) != len(images) or labels.size and not 0 <= labels.min() <= labels.max() < 200:
+            return f"{len(labels)} {split} labels for {len(images)} images"
+    return None
+
+
 def load(data_dir: str | os.PathLike, *, download_if_missing: bool = True) -> dict[str, np.ndarray]:
     """Train/val uint8 images `(N, 64, 64, 3)` and int32 labels; decodes once, then reads the cache."""
     data_dir = pathlib.Path(data_dir).expanduser()
     cache = data_dir / f"cache_v{CACHE_VERSION}"
     cached = load_arrays(cache)
     if cached is not None:
-        return cached
+        problem = _cache_problem(cached)
+        if problem is None:
+            return cached
+        print(f"the decoded cache in {cache} is stale or damaged ({problem}); decoding the images again")
     path = find_source(data_dir)
     if path is None:
         if not download_if_missing:

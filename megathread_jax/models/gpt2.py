@@ -257,8 +257,8 @@ class GPT2LMHeadModel(nnx.Module):
         return logits[..., : self.config.vocab_size]
 
     def _check_length(self, input_ids: jax.Array) -> int:
-        if input_ids.ndim != 2:
-            raise ValueError(f"GPT-2 expects token ids of shape (batch, length), got {input_ids.shape}")
+        if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"GPT-2 expects integer token ids of shape (batch, length), got {input_ids.dtype} {input_ids.shape}")
         if input_ids.shape[1] > self.config.n_positions:
             raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's {self.config.n_positions} positions")
         return input_ids.shape[1]

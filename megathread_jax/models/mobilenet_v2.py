@@ -107,6 +107,8 @@ class MobileNetV2(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileNetV2 expects NHWC images with 3 channels, got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"MobileNetV2 expects normalised float images, got {x.dtype} (preprocess uint8 pixels first)")
         for layer in self.features:
             x = layer(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -55,3 +55,11 @@ def classification_loss_fn(preprocess=lambda images, key: images, label_smoothin
         return tasks.classification_loss(logits, batch["label"], label_smoothing), {}
 
     return loss
+
+
+def flat_weights(weights_dir) -> dict[str, np.ndarray]:
+    """The arrays of a directory written by `checkpoints.save_weights`, by their tree path."""
+    from megathread_jax import checkpoints
+
+    _, weights = checkpoints.read_weights(weights_dir)
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(weights)[0]}

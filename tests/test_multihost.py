@@ -7,10 +7,9 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 
-from megathread_jax import checkpoints
+from tests.conftest import flat_weights
 from tests.test_main import ROOT, TINY_DEMO
 
 # SGD: Adam divides near-zero gradients by their own size and so turns the float noise of a different
@@ -23,11 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
-
-
-def _weights(workdir) -> dict[str, np.ndarray]:
-    _, weights = checkpoints.read_weights(workdir / "weights")
-    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(weights)[0]}
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -49,7 +43,7 @@ def test_two_processes_train_like_one(tmp_path):
                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
 
-    two_weights, one_weights = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    two_weights, one_weights = flat_weights(tmp_path / "two" / "weights"), flat_weights(tmp_path / "one" / "weights")
     assert two_weights.keys() == one_weights.keys()
     for key, value in two_weights.items():
         np.testing.assert_allclose(value, one_weights[key], rtol=1e-4, atol=1e-5, err_msg=key)

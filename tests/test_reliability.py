@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 
-from megathread_jax import checkpoints
+from tests.conftest import flat_weights
 from tests.test_main import ROOT, TINY_DEMO, run_main
 
 RUN = ["--config=configs/mobilevit.py:demo", *TINY_DEMO, "--config.num_epochs=3", "--config.log_every_steps=1",
@@ -32,11 +31,6 @@ def _wait_for_step(process: subprocess.Popen, workdir, step: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach step {step}")
-
-
-def _flat_weights(workdir) -> dict[str, np.ndarray]:
-    _, weights = checkpoints.read_weights(workdir / "weights")
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(weights)[0]}
 
 
 def _final_val(workdir) -> dict:
@@ -70,7 +64,7 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"resumed from step {steps[-1]}" in third.stdout
 
-    ours, reference = _flat_weights(run), _flat_weights(tmp_path / "a")
+    ours, reference = flat_weights(run / "weights"), flat_weights(tmp_path / "a" / "weights")
     assert ours.keys() == reference.keys()
     for key in ours:
         np.testing.assert_array_equal(ours[key], reference[key], err_msg=key)  # bit-identical
@@ -95,4 +89,4 @@ def test_non_finite_updates_can_be_skipped(tmp_path):
     train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["split"] == "train"]
     assert sum(r["skipped_updates"] for r in train) >= 1
-    assert all(np.isfinite(v).all() for v in _flat_weights(tmp_path).values())
+    assert all(np.isfinite(v).all() for v in flat_weights(tmp_path / "weights").values())

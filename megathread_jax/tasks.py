@@ -62,6 +62,12 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None
     return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def _next_token_losses_and_hits(model, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy and argmax hits of predicting tokens[:, 1:] from tokens[:, :-1]."""
+    logits = model(tokens[:, :-1])
+    return next_token_losses(logits, tokens[:, 1:]), jnp.argmax(logits, -1) == tokens[:, 1:]
+
+
 def _means(totals: dict[str, Any]) -> dict[str, float]:
     totals = dict(totals)
     n = max(float(totals.pop("count")), 1.0)
@@ -166,21 +172,16 @@ class LanguageModelling:
         return {"tokens": text.train_window(self.dataset.train_tokens, idx, self.seq_len)}
 
     def loss(self, model, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        tokens = batch["tokens"]
-        logits = model(tokens[:, :-1])
-        losses = next_token_losses(logits, tokens[:, 1:])
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:])
-        return jnp.mean(losses), {"accuracy": accuracy}
+        losses, hits = _next_token_losses_and_hits(model, batch["tokens"])
+        return jnp.mean(losses), {"accuracy": jnp.mean(hits)}
 
     def eval_batches(self) -> Iterator[Batch]:
         return text.eval_batches(self.dataset.val_tokens, length=self.seq_len, stride=self.stride,
                                  batch_size=self.config.eval_batch_size)
 
     def eval_sums(self, model, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        tokens, weight = batch["tokens"], batch["mask"][:, 1:].astype(jnp.float32)
-        logits = model(tokens[:, :-1])
-        losses = next_token_losses(logits, tokens[:, 1:])
-        hits = jnp.argmax(logits, -1) == tokens[:, 1:]
+        weight = batch["mask"][:, 1:].astype(jnp.float32)
+        losses, hits = _next_token_losses_and_hits(model, batch["tokens"])
         return {"loss": jnp.sum(losses * weight), "accuracy": jnp.sum(hits * weight), "count": jnp.sum(weight)}
 
     def summarise(self, totals: dict[str, Any]) -> dict[str, float]:

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from megathread_jax import generate, models, tasks
-from megathread_jax.models.layers import DEPTHWISE_IMPLS, resolve_depthwise_impl
+from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl
 from megathread_jax.train import TrainState, make_train_step
 
 
@@ -57,11 +57,11 @@ REFERENCES = {
 
 
 def time_flax(
-    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, depthwise_impl: str
+    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, conv_impl: str
 ) -> float:
     """Images per second of the jitted train step (compile excluded)."""
     num_classes = REFERENCES[model_name][2]
-    model = models.create(model_name, num_classes=num_classes, dtype=dtype, depthwise_impl=depthwise_impl)
+    model = models.create(model_name, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl)
 
     def loss(model, batch, key):
         return tasks.classification_loss(model(batch["image"]), batch["label"], 0.1), {}
@@ -247,8 +247,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             rows.append(_row("gpt2", f"greedy {shape} b{batch_size} prompt {args.prompt_len} +{args.new_tokens} {args.dtype}",
                              "new tokens/s", ours, "HF generate", theirs))
         return rows
-    impl = resolve_depthwise_impl(args.depthwise_impl)
-    setting = f"train b{args.batch_size} {args.resolution}px {args.dtype} dw={impl}"
+    impl = resolve_conv_impl(args.conv_impl)
+    setting = f"train b{args.batch_size} {args.resolution}px {args.dtype} conv={impl}"
     ours = time_flax(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup, impl)
     reference = None
     if not args.no_reference:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--depthwise-impl", default="auto", choices=DEPTHWISE_IMPLS)
+    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     gpt2 = parser.add_argument_group("GPT-2")

@@ -28,7 +28,7 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.model.name = model
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.model.drop_rate = 0.0
-    c.model.depthwise_impl = "auto"  # auto: shifted multiply-adds on CPU, lax grouped conv on GPU
+    c.model.conv_impl = "auto"  # auto: "matmul" on CPU (convs as matrix products), "lax" on GPU (cuDNN)
     # "" = random init; a weight source ("timm", "hf", "torchvision", optionally ":TAG") for the
     # published ImageNet weights (converted once, cached); or a directory written by
     # `python -m megathread_jax.convert`.

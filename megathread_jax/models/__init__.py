@@ -53,7 +53,7 @@ def create(name: str, *, seed: int = 0, **kwargs: Any) -> nnx.Module:
     """Builds model `name` with a fresh random initialisation from `seed`.
 
     Image models: `num_classes` (required), `dtype` ("float32", "bfloat16", "float16": compute
-    dtype; parameters stay float32), `drop_rate`, `depthwise_impl` ("auto", "shifted", "lax");
+    dtype; parameters stay float32), `drop_rate`, `conv_impl` ("auto", "matmul", "lax");
     MobileNetV2 also `width_mult`. GPT-2 ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"): Hugging
     Face `GPT2Config` field names (`n_layer`, `n_head`, `n_embd`, `vocab_size`, ...) and the fields
     of `models.gpt2.GPT2Config` (`dtype`, `attention_impl`, `remat`).

@@ -8,20 +8,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DEPTHWISE_IMPLS = ("auto", "shifted", "lax")
+CONV_IMPLS = ("auto", "matmul", "lax")
 
 
-def resolve_depthwise_impl(impl: str) -> str:
-    """Picks the depthwise formulation for the current backend.
+def resolve_conv_impl(impl: str) -> str:
+    """Picks how convolutions are computed on the current backend.
 
-    Measured (see README, Performance): on XLA:CPU a 3x3 depthwise conv written as k*k shifted
-    multiply-adds is several times faster forward+backward than `feature_group_count=C`; on GPU
-    cuDNN's grouped convolution is used.
+    "matmul" (the default on CPU): 1x1 convolutions as one matrix product, other full convolutions
+    as a matrix product over the k*k shifted windows (im2col), depthwise convolutions as k*k shifted
+    multiply-adds with a hand-written backward pass. On XLA:CPU each is several times faster
+    forward+backward than `lax.conv_general_dilated` (measured: docs/performance.md). "lax" (the
+    default elsewhere): `lax.conv_general_dilated` throughout, which cuDNN serves on GPU.
     """
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "lax"
+        return "matmul" if jax.default_backend() == "cpu" else "lax"
     return impl
 
 
@@ -38,7 +40,7 @@ class Conv2d(nnx.Module):
         groups: int = 1,
         use_bias: bool = False,
         dtype: jnp.dtype = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         if in_features % groups or out_features % groups:
@@ -48,7 +50,7 @@ class Conv2d(nnx.Module):
         self.padding = (kernel_size - 1) // 2
         self.dtype = dtype
         self.is_depthwise = groups == in_features == out_features and groups > 1
-        self.depthwise_impl = resolve_depthwise_impl(depthwise_impl)
+        self.conv_impl = resolve_conv_impl(conv_impl)
         fan_out = out_features // groups * kernel_size * kernel_size
         kernel_shape = (kernel_size, kernel_size, in_features // groups, out_features)
         # He (fan-out) normal, as timm and torchvision initialise convolutions.
@@ -60,8 +62,10 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
-        if self.is_depthwise and self.depthwise_impl == "shifted":
-            y = _depthwise_shifted(x, kernel, self.stride, self.padding)
+        if self.conv_impl == "matmul" and self.is_depthwise:
+            y = depthwise_conv(x, kernel, self.stride, self.padding)
+        elif self.conv_impl == "matmul" and self.groups == 1:
+            y = conv_as_matmul(x, kernel, self.stride, self.padding)
         else:
             pad = ((self.padding, self.padding), (self.padding, self.padding))
             y = jax.lax.conv_general_dilated(
@@ -77,25 +81,117 @@ class Conv2d(nnx.Module):
         return y
 
 
-def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """Depthwise conv as a sum of k*k shifted, strided slices times per-channel weights."""
-    kh, kw = kernel.shape[:2]
-    _, h, w, _ = x.shape
-    out_h = (h + 2 * padding - kh) // stride + 1
-    out_w = (w + 2 * padding - kw) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    y = None
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _windows(xp: jax.Array, kh: int, kw: int, out_h: int, out_w: int, stride: int):
+    """The k*k strided windows of a padded NHWC array, in kernel order (i, j)."""
+    n, _, _, c = xp.shape
     for i in range(kh):
         for j in range(kw):
-            window = jax.lax.slice(
-                xp,
-                (0, i, j, 0),
-                (xp.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, xp.shape[3]),
-                (1, stride, stride, 1),
+            yield jax.lax.slice(
+                xp, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c), (1, stride, stride, 1)
             )
-            term = window * kernel[i, j, 0]
-            y = term if y is None else y + term
-    return y
+
+
+def _pad_spatial(x: jax.Array, padding: int) -> jax.Array:
+    # The barrier makes XLA compute the producer of `x` (batch norm, activation) once, instead of
+    # fusing a copy of it into each of the k*k window reads.
+    return jnp.pad(jax.lax.optimization_barrier(x), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Full (groups=1) NHWC convolution as one matrix product; k*k windows concatenated (im2col)."""
+    kh, kw, c, out_features = kernel.shape
+    n, h, w, _ = x.shape
+    if kh == kw == 1 and stride == 1:
+        return (x.reshape(-1, c) @ kernel.reshape(c, out_features)).reshape(n, h, w, out_features)
+    out_h, out_w = _output_size(h, kh, stride, padding), _output_size(w, kw, stride, padding)
+    columns = jnp.concatenate(list(_windows(_pad_spatial(x, padding), kh, kw, out_h, out_w, stride)), axis=-1)
+    y = columns.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, out_features)
+    return y.reshape(n, out_h, out_w, out_features)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Depthwise NHWC convolution (kernel `(kh, kw, 1, C)`) as k*k shifted multiply-adds.
+
+    The backward pass is written out: autodiff of the slices lets XLA fuse the recomputation of the
+    whole forward pass into each of the k*k gradient reads, which made it 10x slower than this.
+    """
+    return _depthwise_forward(x, kernel, stride, padding)[0]
+
+
+def _depthwise_forward(x, kernel, stride, padding):
+    kh, kw = kernel.shape[:2]
+    out_h, out_w = _output_size(x.shape[1], kh, stride, padding), _output_size(x.shape[2], kw, stride, padding)
+    xp = _pad_spatial(x, padding)
+    y = None
+    for (i, j), window in zip(_kernel_positions(kh, kw), _windows(xp, kh, kw, out_h, out_w, stride)):
+        term = window * kernel[i, j, 0]
+        y = term if y is None else y + term
+    return y, (xp, kernel)
+
+
+def _kernel_positions(kh: int, kw: int):
+    return [(i, j) for i in range(kh) for j in range(kw)]
+
+
+def _depthwise_backward(stride, padding, residuals, grad):
+    xp, kernel = residuals
+    grad = jax.lax.optimization_barrier(grad)
+    kh, kw = kernel.shape[:2]
+    n, out_h, out_w, c = grad.shape
+    h, w = xp.shape[1] - 2 * padding, xp.shape[2] - 2 * padding
+    kernel_grad = _depthwise_kernel_grad(xp, grad, kh, kw, stride).reshape(kh, kw, 1, c)
+    # The input gradient is a stride-1 depthwise conv of the zero-dilated gradient with the flipped
+    # kernel: input row p receives grad[r] * kernel[i] wherever p = stride * r + i - padding.
+    low_h, low_w = kh - 1 - padding, kw - 1 - padding
+    dilated = jax.lax.pad(
+        grad,
+        jnp.zeros((), grad.dtype),
+        (
+            (0, 0, 0),
+            (low_h, h + kh - 1 - low_h - (stride * (out_h - 1) + 1), stride - 1),
+            (low_w, w + kw - 1 - low_w - (stride * (out_w - 1) + 1), stride - 1),
+            (0, 0, 0),
+        ),
+    )
+    flipped = kernel[::-1, ::-1]
+    x_grad = None
+    for (i, j), window in zip(_kernel_positions(kh, kw), _windows(dilated, kh, kw, h, w, 1)):
+        term = window * flipped[i, j, 0]
+        x_grad = term if x_grad is None else x_grad + term
+    return x_grad, kernel_grad
+
+
+depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
+
+# Bytes of padded input per chunk of the batch for the kernel gradient: the k*k window products
+# of a chunk then stay in cache. Unchunked, a (64, 34, 34, 32) float32 input took 6x longer.
+_KERNEL_GRAD_CHUNK_BYTES = 1 << 20
+
+
+def _depthwise_kernel_grad(xp: jax.Array, grad: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+    """`(kh*kw, C)`: the sum over batch and positions of each window of `xp` times `grad`."""
+    n, out_h, out_w, c = grad.shape
+    per_example = xp[0].size * xp.dtype.itemsize
+    chunk = max([d for d in range(1, n + 1) if n % d == 0 and d * per_example <= _KERNEL_GRAD_CHUNK_BYTES] or [1])
+
+    def chunk_sums(xp_chunk, grad_chunk):
+        windows = _windows(xp_chunk, kh, kw, out_h, out_w, stride)
+        return jnp.stack([jnp.sum(window * grad_chunk, axis=(0, 1, 2), dtype=jnp.float32) for window in windows])
+
+    if chunk == n:
+        return chunk_sums(xp, grad).astype(grad.dtype)
+
+    def accumulate(total, chunk_pair):
+        return total + chunk_sums(*chunk_pair), None
+
+    chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), grad.reshape(n // chunk, chunk, *grad.shape[1:]))
+    total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, c), jnp.float32), chunks)
+    return total.astype(grad.dtype)
 
 
 class BatchNorm(nnx.Module):
@@ -147,7 +243,7 @@ class ConvNormAct(nnx.Module):
         groups: int = 1,
         activation: bool = True,
         dtype: jnp.dtype = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.conv = Conv2d(
@@ -157,7 +253,7 @@ class ConvNormAct(nnx.Module):
             stride=stride,
             groups=groups,
             dtype=dtype,
-            depthwise_impl=depthwise_impl,
+            conv_impl=conv_impl,
             rngs=rngs,
         )
         self.bn = BatchNorm(out_features)

@@ -33,10 +33,10 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class ConvBNReLU6(nnx.List):
     """torchvision's Conv2dNormActivation: children 0 (conv) and 1 (batch norm), then ReLU6."""
 
-    def __init__(self, in_features, out_features, kernel_size, *, stride=1, groups=1, dtype, depthwise_impl, rngs):
+    def __init__(self, in_features, out_features, kernel_size, *, stride=1, groups=1, dtype, conv_impl, rngs):
         super().__init__([
             Conv2d(in_features, out_features, kernel_size, stride=stride, groups=groups, dtype=dtype,
-                   depthwise_impl=depthwise_impl, rngs=rngs),
+                   conv_impl=conv_impl, rngs=rngs),
             BatchNorm(out_features),
         ])
 
@@ -45,8 +45,8 @@ class ConvBNReLU6(nnx.List):
 
 
 class InvertedResidual(nnx.Module):
-    def __init__(self, in_features, out_features, stride, expansion, *, dtype, depthwise_impl, rngs):
-        common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+    def __init__(self, in_features, out_features, stride, expansion, *, dtype, conv_impl, rngs):
+        common = dict(dtype=dtype, conv_impl=conv_impl, rngs=rngs)
         hidden = int(round(in_features * expansion))
         layers = []
         if expansion != 1:
@@ -79,10 +79,10 @@ class MobileNetV2(nnx.Module):
         width_mult: float = 1.0,
         drop_rate: float = 0.2,
         dtype: jnp.dtype = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+        common = dict(dtype=dtype, conv_impl=conv_impl, rngs=rngs)
         self.num_classes = num_classes
         self.width_mult = width_mult
         in_features = make_divisible(32 * width_mult)

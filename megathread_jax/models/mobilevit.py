@@ -62,9 +62,9 @@ ARCHS: dict[str, MobileViTArch] = {
 class InvertedResidual(nnx.Module):
     """timm BottleneckBlock(bottle_in=True, linear_out=True): 1x1 expand, 3x3 depthwise, 1x1 project."""
 
-    def __init__(self, in_features, out_features, stride, expansion, *, dtype, depthwise_impl, rngs):
+    def __init__(self, in_features, out_features, stride, expansion, *, dtype, conv_impl, rngs):
         mid = int(in_features * expansion)
-        common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+        common = dict(dtype=dtype, conv_impl=conv_impl, rngs=rngs)
         self.conv1_1x1 = ConvNormAct(in_features, mid, 1, **common)
         self.conv2_kxk = ConvNormAct(mid, mid, 3, stride=stride, groups=mid, **common)
         self.conv3_1x1 = ConvNormAct(mid, out_features, 1, activation=False, **common)
@@ -121,8 +121,8 @@ class TransformerBlock(nnx.Module):
 class MobileViTBlock(nnx.Module):
     """Local 3x3 conv, global attention across patches (per pixel position), fuse with the input."""
 
-    def __init__(self, channels, dim, depth, arch: MobileViTArch, *, dtype, depthwise_impl, rngs):
-        common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+    def __init__(self, channels, dim, depth, arch: MobileViTArch, *, dtype, conv_impl, rngs):
+        common = dict(dtype=dtype, conv_impl=conv_impl, rngs=rngs)
         self.conv_kxk = ConvNormAct(channels, channels, 3, **common)
         self.conv_1x1 = Conv2d(channels, dim, 1, **common)
         self.transformer = nnx.List(
@@ -177,10 +177,10 @@ class MobileViT(nnx.Module):
         *,
         drop_rate: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        common = dict(dtype=dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+        common = dict(dtype=dtype, conv_impl=conv_impl, rngs=rngs)
         self.num_classes = num_classes
         self.stem = ConvNormAct(3, arch.stem_channels, 3, stride=2, **common)
         in_features = arch.stem_channels

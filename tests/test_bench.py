@@ -23,6 +23,6 @@ def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, re
         assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"], abs=0.006)
         assert row["device"].startswith("CPU")
     if model != "gpt2":
-        assert "dw=shifted" in written[0]["setting"] and written[0]["unit"] == "images/s"
+        assert "conv=matmul" in written[0]["setting"] and written[0]["unit"] == "images/s"
     else:
         assert [r["unit"] for r in written] == ["tokens/s", "new tokens/s", "new tokens/s"]

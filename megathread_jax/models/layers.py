@@ -96,9 +96,7 @@ def _windows(xp: jax.Array, kh: int, kw: int, out_h: int, out_w: int, stride: in
 
 
 def _pad_spatial(x: jax.Array, padding: int) -> jax.Array:
-    # The barrier makes XLA compute the producer of `x` (batch norm, activation) once, instead of
-    # fusing a copy of it into each of the k*k window reads.
-    return jnp.pad(jax.lax.optimization_barrier(x), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
 def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -108,6 +106,9 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -
     if kh == kw == 1 and stride == 1:
         return (x.reshape(-1, c) @ kernel.reshape(c, out_features)).reshape(n, h, w, out_features)
     out_h, out_w = _output_size(h, kh, stride, padding), _output_size(w, kw, stride, padding)
+    # The barrier makes XLA compute the producer of `x` (batch norm, activation) once, instead of
+    # fusing a copy of it into each of the k*k window reads.
+    x = jax.lax.optimization_barrier(x)
     columns = jnp.concatenate(list(_windows(_pad_spatial(x, padding), kh, kw, out_h, out_w, stride)), axis=-1)
     y = columns.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, out_features)
     return y.reshape(n, out_h, out_w, out_features)
@@ -126,12 +127,13 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -
 def _depthwise_forward(x, kernel, stride, padding):
     kh, kw = kernel.shape[:2]
     out_h, out_w = _output_size(x.shape[1], kh, stride, padding), _output_size(x.shape[2], kw, stride, padding)
+    x = jax.lax.optimization_barrier(x)  # as in conv_as_matmul
     xp = _pad_spatial(x, padding)
     y = None
     for (i, j), window in zip(_kernel_positions(kh, kw), _windows(xp, kh, kw, out_h, out_w, stride)):
         term = window * kernel[i, j, 0]
         y = term if y is None else y + term
-    return y, (xp, kernel)
+    return y, (x, kernel)
 
 
 def _kernel_positions(kh: int, kw: int):
@@ -139,12 +141,12 @@ def _kernel_positions(kh: int, kw: int):
 
 
 def _depthwise_backward(stride, padding, residuals, grad):
-    xp, kernel = residuals
+    x, kernel = residuals
     grad = jax.lax.optimization_barrier(grad)
     kh, kw = kernel.shape[:2]
     n, out_h, out_w, c = grad.shape
-    h, w = xp.shape[1] - 2 * padding, xp.shape[2] - 2 * padding
-    kernel_grad = _depthwise_kernel_grad(xp, grad, kh, kw, stride).reshape(kh, kw, 1, c)
+    h, w = x.shape[1], x.shape[2]
+    kernel_grad = _depthwise_kernel_grad(x, grad, kh, kw, stride, padding).reshape(kh, kw, 1, c)
     # The input gradient is a stride-1 depthwise conv of the zero-dilated gradient with the flipped
     # kernel: input row p receives grad[r] * kernel[i] wherever p = stride * r + i - padding.
     low_h, low_w = kh - 1 - padding, kw - 1 - padding
@@ -173,23 +175,25 @@ depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
 _KERNEL_GRAD_CHUNK_BYTES = 1 << 20
 
 
-def _depthwise_kernel_grad(xp: jax.Array, grad: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
-    """`(kh*kw, C)`: the sum over batch and positions of each window of `xp` times `grad`."""
+def _depthwise_kernel_grad(
+    x: jax.Array, grad: jax.Array, kh: int, kw: int, stride: int, padding: int
+) -> jax.Array:
+    """`(kh*kw, C)`: the sum over batch and positions of each window of padded `x` times `grad`."""
     n, out_h, out_w, c = grad.shape
-    per_example = xp[0].size * xp.dtype.itemsize
+    per_example = x[0].size * x.dtype.itemsize
     chunk = max([d for d in range(1, n + 1) if n % d == 0 and d * per_example <= _KERNEL_GRAD_CHUNK_BYTES] or [1])
 
-    def chunk_sums(xp_chunk, grad_chunk):
-        windows = _windows(xp_chunk, kh, kw, out_h, out_w, stride)
+    def chunk_sums(x_chunk, grad_chunk):
+        windows = _windows(_pad_spatial(x_chunk, padding), kh, kw, out_h, out_w, stride)
         return jnp.stack([jnp.sum(window * grad_chunk, axis=(0, 1, 2), dtype=jnp.float32) for window in windows])
 
     if chunk == n:
-        return chunk_sums(xp, grad).astype(grad.dtype)
+        return chunk_sums(x, grad).astype(grad.dtype)
 
     def accumulate(total, chunk_pair):
         return total + chunk_sums(*chunk_pair), None
 
-    chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), grad.reshape(n // chunk, chunk, *grad.shape[1:]))
+    chunks = (x.reshape(n // chunk, chunk, *x.shape[1:]), grad.reshape(n // chunk, chunk, *grad.shape[1:]))
     total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, c), jnp.float32), chunks)
     return total.astype(grad.dtype)
 

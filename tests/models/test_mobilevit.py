@@ -8,7 +8,6 @@ import timm
 from flax import nnx
 
 from megathread_jax import models
-from megathread_jax.models.layers import Conv2d
 from tests.conftest import run_flax
 
 
@@ -54,11 +53,3 @@ def test_dropout_is_active_in_train_mode_only():
     np.testing.assert_array_equal(run_flax(model, x), run_flax(model, x))
     model.train()
     assert not np.allclose(run_flax(model, x), run_flax(model, x))
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_formulations_agree(stride):
-    x = jnp.asarray(np.random.default_rng(2).random((2, 9, 9, 6), np.float32))
-    shifted = Conv2d(6, 6, 3, stride=stride, groups=6, depthwise_impl="shifted", rngs=nnx.Rngs(0))
-    grouped = Conv2d(6, 6, 3, stride=stride, groups=6, depthwise_impl="lax", rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(shifted(x), grouped(x), atol=1e-5)

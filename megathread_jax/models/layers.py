@@ -198,6 +198,15 @@ def _depthwise_kernel_grad(
     return total.astype(grad.dtype)
 
 
+def silu(x: jax.Array) -> jax.Array:
+    """x * sigmoid(x), the sigmoid written as 0.5 + 0.5 * tanh(x / 2).
+
+    Same function (to 1 ulp-level rounding); XLA:CPU evaluates it forward+backward about 25%
+    faster than `jax.nn.silu`, whose sigmoid goes through exp and a division.
+    """
+    return x * (0.5 + 0.5 * jnp.tanh(0.5 * x))
+
+
 class BatchNorm(nnx.Module):
     """Batch norm with PyTorch semantics.
 
@@ -265,7 +274,7 @@ class ConvNormAct(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.bn(self.conv(x))
-        return jax.nn.silu(x) if self.activation else x
+        return silu(x) if self.activation else x
 
 
 def torch_linear(

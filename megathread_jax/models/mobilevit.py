@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from megathread_jax.models.layers import Conv2d, ConvNormAct, torch_linear
+from megathread_jax.models.layers import Conv2d, ConvNormAct, silu, torch_linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Mlp(nnx.Module):
         self.fc2 = torch_linear(hidden, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.silu(self.fc1(x)))
+        return self.fc2(silu(self.fc1(x)))
 
 
 def _layer_norm(dim: int, *, dtype, rngs) -> nnx.LayerNorm:

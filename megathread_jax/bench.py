@@ -1,24 +1,36 @@
 """Speed of the Flax models against their PyTorch references, side by side in one run.
 
+  python -m megathread_jax.bench --suite cpu|gpu [--json FILE] [--quick]
   python -m megathread_jax.bench [--model mobilevit_xxs] [--batch-size 64] [--resolution 64]
-                                 [--dtype float32|bfloat16] [--steps 20] [--json FILE] [--quick]
+                                 [--dtype float32|bfloat16] [--steps 20] [--torch-compile]
+                                 [--input-path] [--e2e-epochs N] [--json FILE] [--quick]
   python -m megathread_jax.bench --model gpt2 [--n-layer 6 --n-embd 384 --n-head 6] [--seq-len 256]
                                  [--batch-size 8] [--gen-batch-sizes 1,8] [--new-tokens 64]
 
 Image models: the train step (AdamW, label-smoothed cross-entropy, data already on the device)
-against timm's (MobileViT) or torchvision's (MobileNetV2) model in eager mode, on a GPU with
-autocast and channels-last for bfloat16. GPT-2: the train step (AdamW, next-token loss, dropout
-off) against Hugging Face's `GPT2LMHeadModel` in eager mode, and greedy generation against its
-`generate`, same config and random weights. Prints one table; `--json` also writes it.
+against timm's (MobileViT) or torchvision's (MobileNetV2) model in eager mode (with
+`--torch-compile` also under `torch.compile`), on a GPU with autocast and channels-last for
+bfloat16. `--input-path`: the same step fed as training is (uint8 images in host memory, gathered
+by step, augmented on the device) against synthetic images already on the device.
+`--e2e-epochs N`: wall time of `train_and_evaluate` on in-memory random images of Tiny ImageNet's
+size and shape (100,000 train, 10,000 val, 64 px) at `--resolution`. GPT-2: the train step (AdamW,
+next-token loss, dropout off) against Hugging Face's `GPT2LMHeadModel` (eager, or SDPA attention
+under `torch.compile`), its MFU on GPUs of known peak, and greedy generation against `generate`.
+`--suite cpu|gpu` runs every row of the README's Performance table for that device; the table is
+printed, and written to `--json` after each row.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
+import pathlib
+import tempfile
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +38,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from megathread_jax import generate, models, tasks
+from megathread_jax import generate, models, parallel, tasks, train
+from megathread_jax.config_base import load_config
 from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl
 from megathread_jax.train import TrainState, make_train_step
 
@@ -62,32 +75,89 @@ def time_flax(
     """Images per second of the jitted train step (compile excluded)."""
     num_classes = REFERENCES[model_name][2]
     model = models.create(model_name, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl)
+    batch = jax.tree.map(jnp.asarray, _synthetic_batch(batch_size, resolution, num_classes))
+    return batch_size / _seconds_per_flax_step(model, _synthetic_loss, lambda step: batch, steps, warmup)
 
-    def loss(model, batch, key):
-        return tasks.classification_loss(model(batch["image"]), batch["label"], 0.1), {}
 
+def _synthetic_loss(model, batch, key):
+    return tasks.classification_loss(model(batch["image"]), batch["label"], 0.1), {}
+
+
+def _synthetic_batch(batch_size: int, resolution: int, num_classes: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.random((batch_size, resolution, resolution, 3), np.float32)),
-        "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
+    return {
+        "image": rng.random((batch_size, resolution, resolution, 3), np.float32),
+        "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
     }
-    return batch_size / _seconds_per_flax_step(model, loss, batch, steps, warmup)
 
 
-def _seconds_per_flax_step(model, loss, batch, steps: int, warmup: int) -> float:
-    """Mean seconds of the jitted, donated AdamW train step of `loss` (compile excluded)."""
+def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], steps: int, warmup: int,
+                           mesh=None) -> float:
+    """Mean seconds of the jitted, donated AdamW train step of `loss` (compile excluded).
+
+    With a `mesh`, the state is replicated over it first, as the training loop does."""
     tx = optax.adamw(1e-3, weight_decay=0.05)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
     step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0)
-    for _ in range(warmup):
-        state, metrics = step(state, batch)
+    for i in range(warmup):
+        state, metrics = step(state, batch_of_step(i))
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch)
+    for i in range(steps):
+        state, metrics = step(state, batch_of_step(warmup + i))
     jax.block_until_ready(metrics)
     return (time.perf_counter() - start) / steps
+
+
+def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,
+                    conv_impl: str, num_images: int) -> tuple[float, float]:
+    """Images per second of the train step fed as in training (uint8 in host memory, gathered by
+    step, augmented on the device), and fed synthetic images already on the device."""
+    config = _synthetic_image_config(model_name, batch_size, resolution, num_images)
+    config.model.dtype, config.model.conv_impl = dtype, conv_impl
+    task = tasks.create(config)
+    mesh = parallel.make_mesh()
+    num_classes = task.model_kwargs["num_classes"]
+    synthetic = parallel.shard_batch(mesh, _synthetic_batch(batch_size, resolution, num_classes))
+
+    def timed(loss, batch_of_step) -> float:
+        model = models.create(model_name, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl)
+        return batch_size / _seconds_per_flax_step(model, loss, batch_of_step, steps, warmup, mesh)
+
+    real = timed(task.loss, lambda step: parallel.shard_batch(mesh, task.train_batch(step)))
+    return real, timed(_synthetic_loss, lambda step: synthetic)
+
+
+# The series' MobileViT recipe; its data replaced by random uint8 images of Tiny ImageNet's size.
+SERIES_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "mobilevit.py"
+
+
+def _synthetic_image_config(model_name: str, batch_size: int, resolution: int, num_images: int):
+    """The series' `pretrained_{64,96}` run (random init: same compute) on in-memory random images."""
+    if model_name != "mobilevit_xxs":
+        raise ValueError("--input-path and --e2e-epochs time the series' MobileViT-XXS recipe: use --model mobilevit_xxs")
+    variant = "pretrained_64" if resolution <= 64 else "pretrained_96"
+    return load_config(f"{SERIES_CONFIG}:{variant}", {
+        "init_from": "", "data.name": "synthetic", "data.image_size": 64, "data.num_classes": 200,
+        "data.train_size": num_images, "data.val_size": max(num_images // 10, batch_size),
+        "data.resolution": resolution, "batch_size": batch_size,
+    })
+
+
+def time_end_to_end(model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str,
+                    epochs: int, num_images: int) -> float:
+    """Wall seconds of `train_and_evaluate` (compilation, training, evaluation, checkpoints)."""
+    config = _synthetic_image_config(model_name, batch_size, resolution, num_images)
+    config.model.dtype, config.model.conv_impl = dtype, conv_impl
+    config.num_epochs = epochs
+    config.optim.warmup_epochs = min(config.optim.warmup_epochs, epochs)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        train.train_and_evaluate(config, workdir)
+        return time.perf_counter() - start
 
 
 def _torch_device_and_sync():
@@ -108,8 +178,9 @@ def _seconds_per_call(fn, sync, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int) -> float:
-    """Images per second of the PyTorch reference's eager train step."""
+def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,
+                   compiled: bool = False) -> float:
+    """Images per second of the PyTorch reference's train step, eager or under `torch.compile`."""
     import torch
 
     _, build, num_classes = REFERENCES[model_name]
@@ -122,10 +193,11 @@ def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str
     if low_precision:
         model = model.to(memory_format=torch.channels_last)
         images = images.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compiled else model
 
     def step():
         with torch.autocast(device, dtype=getattr(torch, dtype), enabled=low_precision):
-            loss = torch.nn.functional.cross_entropy(model(images), labels, label_smoothing=0.1)
+            loss = torch.nn.functional.cross_entropy(forward(images), labels, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,44 +213,63 @@ def _gpt2_shape(args) -> dict:
             "embd_pdrop": 0.0, "resid_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
-def _hf_gpt2(args):
+def _hf_gpt2(args, attention: str = "eager"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     device, sync = _torch_device_and_sync()
-    model = GPT2LMHeadModel(GPT2Config(**_gpt2_shape(args))).to(device)
+    model = GPT2LMHeadModel._from_config(GPT2Config(**_gpt2_shape(args)), attn_implementation=attention).to(device)
     model.generation_config.eos_token_id = None  # never stop early: both sides make every token
     model.generation_config.pad_token_id = 0
     return model, device, sync
 
 
-def time_gpt2_train(args) -> tuple[float, float | None]:
-    """Tokens per second of the train step, Flax and (unless --no-reference) Hugging Face."""
+def gpt2_flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N + 12 * L * d * T (N without the position embeddings)."""
+    return 6 * n_params + 12 * n_layer * n_embd * seq_len
+
+
+# Dense bfloat16 peak FLOP/s by device kind, for MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def device_peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in kind), None)
+
+
+def time_gpt2_train(args) -> tuple[float, float | None, int]:
+    """Tokens per second of the train step, Flax and (unless --no-reference) Hugging Face; and N."""
     model = models.create("gpt2", dtype=args.dtype, attention_impl=args.attention_impl, **_gpt2_shape(args))
+    wte, wpe = model.transformer.wte, model.transformer.wpe
+    padding_rows = (wte.weight.shape[0] - wte.num_embeddings) * wte.weight.shape[1]
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) - wpe.weight.size - padding_rows
     tokens = np.random.default_rng(0).integers(0, 50257, (args.batch_size, args.seq_len + 1)).astype(np.int32)
 
     def loss(model, batch, key):
         return tasks.next_token_loss(model(batch["tokens"][:, :-1]), batch["tokens"][:, :-1]), {}
 
     tokens_per_step = args.batch_size * args.seq_len
-    ours = tokens_per_step / _seconds_per_flax_step(model, loss, {"tokens": jnp.asarray(tokens)}, args.steps, args.warmup)
+    batch = {"tokens": jnp.asarray(tokens)}
+    ours = tokens_per_step / _seconds_per_flax_step(model, loss, lambda step: batch, args.steps, args.warmup)
     if args.no_reference:
-        return ours, None
+        return ours, None, n_params
     import torch
 
-    reference, device, sync = _hf_gpt2(args)
+    reference, device, sync = _hf_gpt2(args, "sdpa" if args.torch_compile else "eager")
     reference.train()
     optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=0.05)
+    forward = torch.compile(reference) if args.torch_compile else reference
     ids = torch.from_numpy(tokens[:, :-1]).long().to(device)
     low_precision = args.dtype != "float32" and device == "cuda"
 
     def step():
         with torch.autocast(device, dtype=getattr(torch, args.dtype), enabled=low_precision):
-            out = reference(ids, labels=ids)
+            out = forward(ids, labels=ids)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
 
-    return ours, tokens_per_step / _seconds_per_call(step, sync, args.steps, args.warmup)
+    return ours, tokens_per_step / _seconds_per_call(step, sync, args.steps, args.warmup), n_params
 
 
 def time_gpt2_generate(args, batch_size: int) -> tuple[float, float | None]:
@@ -235,25 +326,87 @@ def _row(model: str, setting: str, unit: str, ours: float, reference_name: str, 
     }
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    if args.model == "gpt2":
-        shape = f"L{args.n_layer} d{args.n_embd} h{args.n_head}"
-        rows = []
-        ours, theirs = time_gpt2_train(args)
-        rows.append(_row("gpt2", f"train {shape} b{args.batch_size} T{args.seq_len} {args.dtype} attn={args.attention_impl}",
-                         "tokens/s", ours, "HF eager", theirs))
-        for batch_size in args.gen_batch_sizes:
-            ours, theirs = time_gpt2_generate(args, batch_size)
-            rows.append(_row("gpt2", f"greedy {shape} b{batch_size} prompt {args.prompt_len} +{args.new_tokens} {args.dtype}",
-                             "new tokens/s", ours, "HF generate", theirs))
-        return rows
+def _gpt2_rows(args) -> list[dict]:
+    shape = f"L{args.n_layer} d{args.n_embd} h{args.n_head}"
+    setting = f"train {shape} b{args.batch_size} T{args.seq_len} {args.dtype} attn={args.attention_impl}"
+    ours, theirs, n_params = time_gpt2_train(args)
+    reference = "HF sdpa + torch.compile" if args.torch_compile else "HF eager"
+    rows = [_row("gpt2", setting, "tokens/s", ours, reference, theirs)]
+    peak = device_peak_flops()
+    if peak is not None:
+        mfu = ours * gpt2_flops_per_token(n_params, args.n_layer, args.n_embd, args.seq_len) / peak
+        rows.append(_row("gpt2", f"{setting}, MFU of {peak / 1e12:.0f} TFLOP/s", "% MFU", 100 * mfu, "-", None))
+    for batch_size in args.gen_batch_sizes:
+        ours, theirs = time_gpt2_generate(args, batch_size)
+        rows.append(_row("gpt2", f"greedy {shape} b{batch_size} prompt {args.prompt_len} +{args.new_tokens} {args.dtype}",
+                         "new tokens/s", ours, "HF generate", theirs))
+    return rows
+
+
+def _image_rows(args) -> list[dict]:
     impl = resolve_conv_impl(args.conv_impl)
     setting = f"train b{args.batch_size} {args.resolution}px {args.dtype} conv={impl}"
-    ours = time_flax(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup, impl)
-    reference = None
-    if not args.no_reference:
-        reference = time_reference(args.model, args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
-    return [_row(args.model, setting, "images/s", ours, REFERENCES[args.model][0], reference)]
+    common = (args.batch_size, args.resolution, args.dtype, args.steps, args.warmup)
+    rows = []
+    if args.input_path:
+        real, synthetic = time_input_path(args.model, *common, impl, args.num_images)
+        rows.append(_row(args.model, f"{setting}, input path: {args.num_images} uint8 images in host memory, "
+                         "augmented on the device", "images/s", real, "synthetic on device", synthetic))
+    if args.e2e_epochs:
+        seconds = time_end_to_end(args.model, args.batch_size, args.resolution, args.dtype, impl, args.e2e_epochs,
+                                  args.num_images)
+        rows.append(_row(args.model, f"end to end, pretrained recipe, {args.e2e_epochs} epochs of {args.num_images} "
+                         f"64px images at {args.resolution}px, {args.dtype}", "s", seconds, "-", None))
+    if rows:
+        return rows
+    ours = time_flax(args.model, *common, impl)
+    rows.append(_row(args.model, setting, "images/s", ours, REFERENCES[args.model][0],
+                     None if args.no_reference else time_reference(args.model, *common)))
+    if args.torch_compile and not args.no_reference:
+        label = REFERENCES[args.model][0].replace("eager", "torch.compile")
+        rows.append(_row(args.model, setting, "images/s", ours, label, time_reference(args.model, *common, compiled=True)))
+    return rows
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    return _gpt2_rows(args) if args.model == "gpt2" else _image_rows(args)
+
+
+# The rows of the README's Performance table. Each entry overrides the command-line defaults.
+SUITES = {
+    "cpu": [
+        {"model": "mobilevit_xxs", "resolution": 64},
+        {"model": "mobilenet_v2", "resolution": 32, "steps": 10},
+        {"model": "mobilenet_v2", "resolution": 96, "steps": 10},
+        {"model": "gpt2"},
+        {"model": "mobilevit_xxs", "resolution": 64, "input_path": True, "steps": 10},
+    ],
+    "gpu": [
+        {"model": "mobilevit_xxs", "batch_size": 256, "resolution": 64, "dtype": "bfloat16", "torch_compile": True},
+        {"model": "mobilevit_xxs", "batch_size": 256, "resolution": 96, "dtype": "bfloat16", "torch_compile": True},
+        {"model": "mobilenet_v2", "batch_size": 256, "resolution": 224, "dtype": "bfloat16"},
+        {"model": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "seq_len": 1024, "batch_size": 16,
+         "dtype": "bfloat16", "attention_impl": "cudnn", "torch_compile": True, "gen_batch_sizes": [1, 64]},
+        {"model": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "seq_len": 1024, "batch_size": 16,
+         "dtype": "bfloat16", "attention_impl": "xla", "gen_batch_sizes": [], "no_reference": True},
+        {"model": "mobilevit_xxs", "batch_size": 256, "resolution": 96, "dtype": "bfloat16", "input_path": True},
+        {"model": "mobilevit_xxs", "batch_size": 256, "resolution": 96, "dtype": "bfloat16", "e2e_epochs": 30},
+    ],
+}
+
+
+def _quick(args: argparse.Namespace) -> argparse.Namespace:
+    """Tiny sizes and one step: checks that a row can be made, not how fast."""
+    args = copy.copy(args)
+    args.batch_size, args.resolution, args.steps, args.warmup = 4, 32, 2, 1
+    args.n_layer, args.n_embd, args.n_head, args.seq_len = 1, 64, 2, 32
+    args.gen_batch_sizes = args.gen_batch_sizes and [1, 2]
+    args.prompt_len, args.new_tokens, args.gen_repeats = 4, 4, 1
+    args.num_images, args.e2e_epochs = 40, min(args.e2e_epochs, 1)
+    args.torch_compile = False  # compiling the reference needs a C++ toolchain and minutes
+    if jax.default_backend() == "cpu":
+        args.dtype, args.attention_impl = "float32", "xla"  # cuDNN attention and bfloat16 speed need a GPU
+    return args
 
 
 COLUMNS = ["model", "setting", "unit", "ours", "reference", "reference_value", "ratio", "device", "date"]
@@ -266,9 +419,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m megathread_jax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), help="every row of the Performance table for this device")
     parser.add_argument("--model", default="mobilevit_xxs", choices=sorted([*REFERENCES, "gpt2"]))
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--resolution", type=int, default=64)
@@ -276,31 +430,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--torch-compile", action="store_true", help="also (GPT-2: instead) time the reference under torch.compile")
+    images = parser.add_argument_group("MobileViT-XXS input path and end to end")
+    images.add_argument("--input-path", action="store_true", help="time the training input path against synthetic data")
+    images.add_argument("--e2e-epochs", type=int, default=0, help="time a whole run of this many epochs")
+    images.add_argument("--num-images", type=int, default=100_000, help="training images in memory")
     gpt2 = parser.add_argument_group("GPT-2")
     gpt2.add_argument("--n-layer", type=int, default=6)
     gpt2.add_argument("--n-embd", type=int, default=384)
     gpt2.add_argument("--n-head", type=int, default=6)
     gpt2.add_argument("--seq-len", type=int, default=256)
     gpt2.add_argument("--attention-impl", default="xla", choices=models.gpt2.ATTENTION_IMPLS)
-    gpt2.add_argument("--gen-batch-sizes", default="1,8", type=lambda v: [int(b) for b in v.split(",")])
+    gpt2.add_argument("--gen-batch-sizes", default="1,8", type=lambda v: [int(b) for b in v.split(",") if b])
     gpt2.add_argument("--prompt-len", type=int, default=16)
     gpt2.add_argument("--new-tokens", type=int, default=64)
     gpt2.add_argument("--gen-repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time the Flax side only")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the command works")
-    parser.add_argument("--json", help="also write the table as JSON to this file")
-    args = parser.parse_args(argv)
-    if args.batch_size is None:
-        args.batch_size = 8 if args.model == "gpt2" else 64
-    if args.quick:
-        args.batch_size, args.resolution, args.steps, args.warmup = 4, 32, 2, 1
-        args.n_layer, args.n_embd, args.n_head, args.seq_len = 1, 64, 2, 32
-        args.gen_batch_sizes, args.prompt_len, args.new_tokens, args.gen_repeats = [1, 2], 4, 4, 1
-    rows = run(args)
+    parser.add_argument("--json", help="also write the table as JSON to this file (after each row)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = _parser().parse_args(argv)
+    specs = SUITES[args.suite] if args.suite else [{}]
+    rows: list[dict] = []
+    for spec in specs:
+        row_args = copy.copy(args)
+        vars(row_args).update(spec)
+        if row_args.batch_size is None:
+            row_args.batch_size = 8 if row_args.model == "gpt2" else 64
+        rows += run(_quick(row_args) if args.quick else row_args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
     print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":

@@ -48,10 +48,11 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.data.crop_scale = (0.35, 1.0)  # random_resized: area fraction
     c.data.crop_padding = 4  # pad: pixels on each side
     c.data.normalisation = "imagenet"  # megathread_jax.data.NORMALISATIONS
-    # the built-in demo data only
+    # the built-in data sets only (demo_shapes, synthetic)
     c.data.image_size = 32
     c.data.train_size = 0
     c.data.val_size = 0
+    c.data.num_classes = 10  # synthetic only
 
     c.num_epochs = 30
     c.batch_size = 64

@@ -26,3 +26,30 @@ def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, re
         assert "conv=matmul" in written[0]["setting"] and written[0]["unit"] == "images/s"
     else:
         assert [r["unit"] for r in written] == ["tokens/s", "new tokens/s", "new tokens/s"]
+
+
+def test_quick_input_path_and_end_to_end_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    rows = bench.main(["--input-path", "--e2e-epochs", "1", "--quick", "--json", str(out)])
+    assert json.loads(out.read_text()) == rows
+    input_path, end_to_end = rows
+    assert input_path["reference"] == "synthetic on device" and input_path["unit"] == "images/s"
+    assert input_path["ratio"] == pytest.approx(input_path["ours"] / input_path["reference_value"], abs=0.006)
+    assert end_to_end["unit"] == "s" and end_to_end["ours"] > 0 and end_to_end["ratio"] is None
+
+
+def test_input_path_is_refused_for_other_models():
+    with pytest.raises(ValueError, match="use --model mobilevit_xxs"):
+        bench.main(["--model", "mobilenet_v2", "--input-path", "--quick"])
+
+
+@pytest.mark.parametrize("suite", sorted(bench.SUITES))
+def test_suite_rows_name_real_options(suite):
+    """Every override in a suite is an option of the command with a value it accepts."""
+    parser = bench._parser()
+    defaults = vars(parser.parse_args([]))
+    choices = {action.dest: action.choices for action in parser._actions if action.choices}
+    for spec in bench.SUITES[suite]:
+        assert set(spec) <= set(defaults), set(spec) - set(defaults)
+        for key, value in spec.items():
+            assert key not in choices or value in choices[key], (key, value)

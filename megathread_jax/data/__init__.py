@@ -44,7 +44,23 @@ def load(data_config) -> ImageDataset:
         val = demo.make_shapes(data_config.val_size, size, seed=1)
         return ImageDataset("demo_shapes (built-in procedural data)", *train, *val,
                             num_classes=len(demo.CLASS_NAMES), is_builtin_demo=True, class_names=demo.CLASS_NAMES)
-    raise UserError(f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10' or 'demo_shapes'")
+    if data_config.name == "synthetic":
+        return _synthetic(data_config)
+    raise UserError(
+        f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10', 'demo_shapes' or 'synthetic'"
+    )
+
+
+def _synthetic(data_config) -> ImageDataset:
+    """Random pixels and labels of a chosen shape: for timing runs at a data set's real size."""
+    rng = np.random.default_rng(0)
+    size, num_classes = data_config.image_size, data_config.num_classes
+
+    def split(n):
+        return rng.integers(0, 256, (n, size, size, 3), np.uint8), rng.integers(0, num_classes, n).astype(np.int32)
+
+    return ImageDataset("synthetic (random pixels, for timing)", *split(data_config.train_size),
+                        *split(data_config.val_size), num_classes=num_classes, is_builtin_demo=True)
 
 
 @functools.lru_cache(maxsize=2)

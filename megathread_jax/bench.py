@@ -109,7 +109,10 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     for i in range(steps):
         state, metrics = step(state, batch_of_step(warmup + i))
     jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    if step._cache_size() != 1:  # a recompilation inside the timed steps would be timed too
+        raise RuntimeError(f"the train step compiled {step._cache_size()} times; every step must reuse one program")
+    return seconds
 
 
 def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,

@@ -23,6 +23,8 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.variant = variant
     c.task = "image_classification"  # megathread_jax.tasks.TASKS
     c.seed = 0
+    # Compiled programs are kept here across runs (JAX's persistent compilation cache); "" = off.
+    c.compilation_cache_dir = "~/.cache/megathread_jax/xla"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model

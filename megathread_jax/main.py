@@ -1,5 +1,6 @@
 """Train and evaluate: python -m megathread_jax.main --config=configs/mobilevit.py[:variant] --workdir=DIR"""
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -23,6 +24,13 @@ def main(argv):
         tf.config.set_visible_devices([], "GPU")
     except ImportError:
         pass
+
+    import jax
+
+    if FLAGS.config.compilation_cache_dir:
+        # Set before anything compiles: a rerun or resume loads the compiled steps from disk.
+        cache_dir = os.path.expanduser(FLAGS.config.compilation_cache_dir)
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
 
     from megathread_jax import train
     from megathread_jax.errors import UserError

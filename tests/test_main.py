@@ -33,7 +33,7 @@ def test_demo_from_converted_weights_runs_and_resumes(tmp_path):
     assert convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(weights),
                          "--out", str(flax_dir)]) == 0
     command = ["--config=configs/mobilevit.py:demo", f"--workdir={tmp_path / 'run'}",
-               f"--config.init_from={flax_dir}", *TINY_DEMO]
+               f"--config.init_from={flax_dir}", f"--config.compilation_cache_dir={tmp_path / 'xla'}", *TINY_DEMO]
 
     first = run_main(*command)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -47,6 +47,7 @@ def test_demo_from_converted_weights_runs_and_resumes(tmp_path):
     val = [r for r in records if r["split"] == "val"]
     assert len(val) == 1 and 0.0 <= val[0]["top1"] <= 1.0 and val[0]["top5"] >= val[0]["top1"]
     assert "built-in demo data" in first.stdout + first.stderr
+    assert list((tmp_path / "xla").iterdir()), "the compiled steps were not cached"
 
     second = run_main(*command)  # the same command again resumes instead of starting over
     assert second.returncode == 0, second.stderr[-3000:]

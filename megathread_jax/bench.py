@@ -119,9 +119,7 @@ def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: st
                     conv_impl: str, num_images: int) -> tuple[float, float]:
     """Images per second of the train step fed as in training (uint8 in host memory, gathered by
     step, augmented on the device), and fed synthetic images already on the device."""
-    config = _synthetic_image_config(model_name, batch_size, resolution, num_images)
-    config.model.dtype, config.model.conv_impl = dtype, conv_impl
-    task = tasks.create(config)
+    task = tasks.create(_synthetic_image_config(model_name, batch_size, resolution, dtype, conv_impl, num_images))
     mesh = parallel.make_mesh()
     num_classes = task.model_kwargs["num_classes"]
     synthetic = parallel.shard_batch(mesh, _synthetic_batch(batch_size, resolution, num_classes))
@@ -138,7 +136,8 @@ def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: st
 SERIES_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "mobilevit.py"
 
 
-def _synthetic_image_config(model_name: str, batch_size: int, resolution: int, num_images: int):
+def _synthetic_image_config(model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str,
+                            num_images: int):
     """The series' `pretrained_{64,96}` run (random init: same compute) on in-memory random images."""
     if model_name != "mobilevit_xxs":
         raise ValueError("--input-path and --e2e-epochs time the series' MobileViT-XXS recipe: use --model mobilevit_xxs")
@@ -146,15 +145,14 @@ def _synthetic_image_config(model_name: str, batch_size: int, resolution: int, n
     return load_config(f"{SERIES_CONFIG}:{variant}", {
         "init_from": "", "data.name": "synthetic", "data.image_size": 64, "data.num_classes": 200,
         "data.train_size": num_images, "data.val_size": max(num_images // 10, batch_size),
-        "data.resolution": resolution, "batch_size": batch_size,
+        "data.resolution": resolution, "batch_size": batch_size, "model.dtype": dtype, "model.conv_impl": conv_impl,
     })
 
 
 def time_end_to_end(model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str,
                     epochs: int, num_images: int) -> float:
     """Wall seconds of `train_and_evaluate` (compilation, training, evaluation, checkpoints)."""
-    config = _synthetic_image_config(model_name, batch_size, resolution, num_images)
-    config.model.dtype, config.model.conv_impl = dtype, conv_impl
+    config = _synthetic_image_config(model_name, batch_size, resolution, dtype, conv_impl, num_images)
     config.num_epochs = epochs
     config.optim.warmup_epochs = min(config.optim.warmup_epochs, epochs)
     with tempfile.TemporaryDirectory() as workdir:

@@ -130,16 +130,14 @@ def _depthwise_forward(x, kernel, stride, padding):
     kh, kw = kernel.shape[:2]
     out_h, out_w = _output_size(x.shape[1], kh, stride, padding), _output_size(x.shape[2], kw, stride, padding)
     x = jax.lax.optimization_barrier(x)  # as in conv_as_matmul
-    xp = _pad_spatial(x, padding)
-    y = None
-    for (i, j), window in zip(_kernel_positions(kh, kw), _windows(xp, kh, kw, out_h, out_w, stride)):
-        term = window * kernel[i, j, 0]
-        y = term if y is None else y + term
-    return y, (x, kernel)
+    return _windows_times_kernel(_pad_spatial(x, padding), kernel, out_h, out_w, stride), (x, kernel)
 
 
-def _kernel_positions(kh: int, kw: int):
-    return [(i, j) for i in range(kh) for j in range(kw)]
+def _windows_times_kernel(xp: jax.Array, kernel: jax.Array, out_h: int, out_w: int, stride: int) -> jax.Array:
+    """The sum over kernel positions of each window of `xp` times that position's per-channel weights."""
+    kh, kw = kernel.shape[:2]
+    weights = kernel.reshape(kh * kw, -1)
+    return sum(window * weights[k] for k, window in enumerate(_windows(xp, kh, kw, out_h, out_w, stride)))
 
 
 def _depthwise_backward(stride, padding, residuals, grad):
@@ -162,12 +160,7 @@ def _depthwise_backward(stride, padding, residuals, grad):
             (0, 0, 0),
         ),
     )
-    flipped = kernel[::-1, ::-1]
-    x_grad = None
-    for (i, j), window in zip(_kernel_positions(kh, kw), _windows(dilated, kh, kw, h, w, 1)):
-        term = window * flipped[i, j, 0]
-        x_grad = term if x_grad is None else x_grad + term
-    return x_grad, kernel_grad
+    return _windows_times_kernel(dilated, kernel[::-1, ::-1], h, w, 1), kernel_grad
 
 
 depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)

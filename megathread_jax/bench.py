@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from megathread_jax import generate, models, parallel, tasks, train
+from megathread_jax import generate, host_memory, models, parallel, tasks, train
 from megathread_jax.config_base import load_config
 from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl
 from megathread_jax.train import TrainState, make_train_step
@@ -305,7 +305,8 @@ def time_gpt2_generate(args, batch_size: int) -> tuple[float, float | None]:
 def describe_device() -> str:
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return f"CPU, {os.cpu_count()} cores"
+        huge_pages = f"{host_memory.HUGETLB_TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "")
+        return f"CPU, {os.cpu_count()} cores" + (", malloc on huge pages" if huge_pages else "")
     return device.device_kind
 
 
@@ -470,4 +471,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     main()

@@ -2,9 +2,10 @@
 
 XLA:CPU allocates each step's temporaries afresh (260 MB for MobileViT-XXS at batch 64, 64 px).
 glibc serves allocations this large with a fresh `mmap` and returns them with `munmap`, so every
-step touches 63,000 new 4 KB pages: 110-120 ms of kernel time per step on a 2-core machine, half
-the step (docs/performance.md). With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for
-transparent huge pages on its large mappings, and a step faults about 650 times instead.
+step touches 63,600 new 4 KB pages: 110-125 ms of kernel time per step on a 2-core machine, a
+third of the step's CPU time (docs/performance.md). With glibc's `glibc.malloc.hugetlb=1` tunable,
+malloc asks for transparent huge pages on its large mappings, and a step faults about 650 times
+instead.
 
 glibc reads its tunables only when a process starts, so the command-line entry points re-execute
 themselves once with the tunable added. Setting `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any

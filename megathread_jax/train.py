@@ -281,7 +281,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             interval_steps += 1
             done = step + 1
             end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
-            save_now = (end_of_epoch or stop.signal_name is not None
+            # Read once: a signal arriving later in this iteration is acted on after the next step, so
+            # a stop always follows the save of its step.
+            stop_signal = stop.signal_name
+            save_now = (end_of_epoch or stop_signal is not None
                         or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0))
             # Metrics are read (and checked to be finite) before every save, so no NaN state is saved.
             if done % config.log_every_steps == 0 or save_now:
@@ -301,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 interval_start = time.perf_counter()
             elif save_now:
                 store.save(done, state)
-            if stop.signal_name:
-                raise UserError(f"stopped by {stop.signal_name} after step {done}; a checkpoint of that step is "
+            if stop_signal:
+                raise UserError(f"stopped by {stop_signal} after step {done}; a checkpoint of that step is "
                                 f"saved in {workdir}. Rerun the same command to resume.")
     except BaseException:
         store.close()  # saves in flight (all of finite states) complete before the error is reported

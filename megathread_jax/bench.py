@@ -32,16 +32,22 @@ import tempfile
 import time
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
+from megathread_jax import host_memory
 
-from megathread_jax import generate, host_memory, models, parallel, tasks, train
-from megathread_jax.config_base import load_config
-from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl
-from megathread_jax.train import TrainState, make_train_step
+if __name__ == "__main__":
+    # Before jax and flax are imported, so the restart costs a Python start-up, not their import.
+    host_memory.reexec_with_huge_pages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from megathread_jax import generate, models, parallel, tasks, train  # noqa: E402
+from megathread_jax.config_base import load_config  # noqa: E402
+from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl  # noqa: E402
+from megathread_jax.train import TrainState, make_train_step  # noqa: E402
 
 
 
@@ -471,5 +477,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()
     main()

@@ -17,7 +17,9 @@ size and shape (100,000 train, 10,000 val, 64 px) at `--resolution`. GPT-2: the 
 next-token loss, dropout off) against Hugging Face's `GPT2LMHeadModel` (eager, or SDPA attention
 under `torch.compile`), its MFU on GPUs of known peak, and greedy generation against `generate`.
 `--suite cpu|gpu` runs every row of the README's Performance table for that device; the table is
-printed, and written to `--json` after each row.
+printed, and written to `--json` after each row. `--rounds N` runs each row N times, each time in a
+fresh process (ours timed first, then the reference, as in one run), and reports the medians: on a
+machine whose speed drifts between minutes, the ratio of medians is steadier than any single run.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import datetime
 import json
 import os
 import pathlib
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from megathread_jax import host_memory
 
@@ -456,25 +461,64 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-reference", action="store_true", help="time the Flax side only")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the command works")
     parser.add_argument("--json", help="also write the table as JSON to this file (after each row)")
+    parser.add_argument("--rounds", type=int, default=1, help="time each row this many times, each in a fresh "
+                        "process, and report the medians")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = _parser().parse_args(argv)
-    specs = SUITES[args.suite] if args.suite else [{}]
-    rows: list[dict] = []
-    for spec in specs:
+def _rows_in_fresh_process(row_args: argparse.Namespace) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "rows.json"
+        command = [sys.executable, "-m", "megathread_jax.bench", "--row", json.dumps(vars(row_args)), "--json", str(out)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def median_of_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per row of a round: the medians of ours and of the reference over the rounds."""
+    combined = []
+    for runs in zip(*rounds, strict=True):
+        first = runs[0]
+        ours = statistics.median(run["ours"] for run in runs)
+        setting = f"{first['setting']}, median of {len(runs)} processes"
+        reference = None
+        if first["reference_value"] is not None:
+            reference = statistics.median(run["reference_value"] for run in runs)
+            ratios = sorted(run["ratio"] for run in runs)
+            setting += f" (ratios {ratios[0]}-{ratios[-1]})"
+        combined.append(_row(first["model"], setting, first["unit"], ours, first["reference"], reference))
+    return combined
+
+
+def _each_row_args(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+    if args.row:  # one round of a parent's `--rounds`, already sized
+        yield argparse.Namespace(**json.loads(args.row))
+        return
+    for spec in SUITES[args.suite] if args.suite else [{}]:
         row_args = copy.copy(args)
         vars(row_args).update(spec)
         if row_args.batch_size is None:
             row_args.batch_size = 8 if row_args.model == "gpt2" else 64
-        rows += run(_quick(row_args) if args.quick else row_args)
+        yield _quick(row_args) if args.quick else row_args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    rows: list[dict] = []
+    for row_args in _each_row_args(args):
+        if args.rounds == 1:
+            rows += run(row_args)
+        else:
+            rows += median_of_rounds([_rows_in_fresh_process(row_args) for _ in range(args.rounds)])
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
     print(format_table(rows))
     return rows
-
 
 if __name__ == "__main__":
     main()

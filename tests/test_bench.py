@@ -53,3 +53,30 @@ def test_suite_rows_name_real_options(suite):
         assert set(spec) <= set(defaults), set(spec) - set(defaults)
         for key, value in spec.items():
             assert key not in choices or value in choices[key], (key, value)
+
+
+def test_rounds_run_each_row_in_fresh_processes_and_report_medians(tmp_path):
+    out = tmp_path / "bench.json"
+    rows = bench.main(["--model", "gpt2", "--gen-batch-sizes", "", "--quick", "--rounds", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == rows
+    (row,) = rows
+    assert row["setting"].startswith("train L1 d64") and "median of 2 processes (ratios " in row["setting"]
+    assert row["ours"] > 0 and row["reference_value"] > 0
+    assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"], abs=0.006)
+
+
+def test_median_of_rounds_takes_each_side_s_median():
+    def round_rows(ours, reference):
+        return [bench._row("m", "s", "images/s", ours, "ref", reference), bench._row("m", "e2e", "s", ours, "-", None)]
+
+    combined = bench.median_of_rounds([round_rows(100, 150), round_rows(300, 100), round_rows(200, 200)])
+    timed, end_to_end = combined
+    assert (timed["ours"], timed["reference_value"], timed["ratio"]) == (200, 150, 1.33)
+    assert timed["setting"] == "s, median of 3 processes (ratios 0.67-3.0)"
+    assert (end_to_end["ours"], end_to_end["reference_value"], end_to_end["ratio"]) == (200, None, None)
+    assert end_to_end["setting"] == "e2e, median of 3 processes"
+
+
+def test_rounds_below_one_are_refused():
+    with pytest.raises(SystemExit):
+        bench.main(["--rounds", "0"])

@@ -475,6 +475,15 @@ def _rows_in_fresh_process(row_args: argparse.Namespace) -> list[dict]:
         return json.loads(out.read_text())
 
 
+def _rounds(row_args: argparse.Namespace, count: int) -> list[list[dict]]:
+    rounds = []
+    for index in range(count):
+        rounds.append(_rows_in_fresh_process(row_args))
+        summary = "; ".join(f"{row['ours']} / {row['reference_value']} {row['unit']}" for row in rounds[-1])
+        print(f"{row_args.model} round {index + 1} of {count}: ours / reference {summary}", file=sys.stderr, flush=True)
+    return rounds
+
+
 def median_of_rounds(rounds: list[list[dict]]) -> list[dict]:
     """One row per row of a round: the medians of ours and of the reference over the rounds."""
     combined = []
@@ -513,7 +522,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.rounds == 1:
             rows += run(row_args)
         else:
-            rows += median_of_rounds([_rows_in_fresh_process(row_args) for _ in range(args.rounds)])
+            rows += median_of_rounds(_rounds(row_args, args.rounds))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

@@ -78,26 +78,26 @@ class InvertedResidual(nnx.Module):
 class Attention(nnx.Module):
     def __init__(self, dim: int, num_heads: int, *, dtype, rngs):
         self.num_heads = num_heads
-        self.dtype = dtype
         self.qkv = torch_linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
         self.proj = torch_linear(dim, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, c = x.shape
         heads, head_dim = self.num_heads, c // self.num_heads
-        x = x.astype(self.dtype)
+        dtype = self.qkv.dtype  # the compute dtype; the Linears hold the parameters, their calls are not used
+        x = x.astype(dtype)
         # The projections go straight into (q/k/v, B, heads, N, head_dim) and back out of it, so the
         # attention products need no transposes or slices of activations (XLA:CPU, fwd+bwd of a
         # 256x16x64 block: 15.7-19.3 -> 11.5-13.4 ms; docs/performance.md).
-        qkv_kernel = self.qkv.kernel[...].astype(self.dtype).reshape(c, 3, heads, head_dim)
-        qkv_bias = self.qkv.bias[...].astype(self.dtype).reshape(3, 1, heads, 1, head_dim)
+        qkv_kernel = self.qkv.kernel[...].astype(dtype).reshape(c, 3, heads, head_dim)
+        qkv_bias = self.qkv.bias[...].astype(dtype).reshape(3, 1, heads, 1, head_dim)
         q, k, v = jnp.einsum("bnc,cthd->tbhnd", x, qkv_kernel) + qkv_bias
         # Softmax in float32 whatever the compute dtype.
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-        proj_kernel = self.proj.kernel[...].astype(self.dtype).reshape(heads, head_dim, c)
-        return jnp.einsum("bhqd,hdc->bqc", out, proj_kernel) + self.proj.bias[...].astype(self.dtype)
+        proj_kernel = self.proj.kernel[...].astype(dtype).reshape(heads, head_dim, c)
+        return jnp.einsum("bhqd,hdc->bqc", out, proj_kernel) + self.proj.bias[...].astype(dtype)
 
 
 class Mlp(nnx.Module):

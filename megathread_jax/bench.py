@@ -529,5 +529,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(rows))
     return rows
 
+
 if __name__ == "__main__":
     main()

@@ -2,17 +2,21 @@
 # Every GPU row of the README's Performance table in one call:
 #   bash scripts/bench_gpu.sh [OUT.json]
 # Needs the package's dependencies and the torch extra (torch, torchvision, timm, transformers).
-# Rows are written to OUT.json as they finish; if the 8-minute limit stops the suite, the rows
-# finished so far are still printed.
+# Rows are written to OUT.json as they finish. The suite gets BENCH_GPU_SECONDS (default 480) of
+# wall time; if that stops it, the rows finished so far are still printed. PYTHON picks the
+# interpreter (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench_gpu.json}
-python -c "import jax; assert jax.default_backend() == 'gpu', 'no GPU: ' + jax.default_backend()" || exit 1
+python=${PYTHON:-python3}
+"$python" -c "import jax; assert jax.default_backend() == 'gpu', 'no GPU: ' + jax.default_backend()" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout 480 python -m megathread_jax.bench --suite gpu --json "$out"
+started=$SECONDS
+timeout -k 20 "${BENCH_GPU_SECONDS:-480}" "$python" -m megathread_jax.bench --suite gpu --json "$out"
 status=$?
-if [ "$status" -ne 0 ]; then
-  echo "the suite stopped (exit $status); rows finished so far:"
-  python -c "import json, sys; from megathread_jax import bench; print(bench.format_table(json.load(open(sys.argv[1]))))" "$out"
+echo "suite: $((SECONDS - started)) s, exit $status"
+if { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; } && [ -f "$out" ]; then
+  echo "stopped at the time limit; rows finished:"
+  "$python" -c "import json, sys; from megathread_jax import bench; print(bench.format_table(json.load(open(sys.argv[1]))))" "$out"
 fi
 exit "$status"

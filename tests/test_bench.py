@@ -80,3 +80,17 @@ def test_median_of_rounds_takes_each_side_s_median():
 def test_rounds_below_one_are_refused():
     with pytest.raises(SystemExit):
         bench.main(["--rounds", "0"])
+
+
+def test_a_failing_suite_row_is_reported_and_the_rows_after_it_still_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.SUITES, "cpu", [
+        {"model": "mobilenet_v2", "input_path": True},  # refused: the input path is MobileViT-XXS's
+        {"model": "gpt2", "gen_batch_sizes": [], "no_reference": True},
+    ])
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit, match=r"1 row\(s\) of the suite failed:\nmobilenet_v2 b4 32px input path: "
+                                         "ValueError: --input-path"):
+        bench.main(["--suite", "cpu", "--quick", "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "gpt2" and row["ours"] > 0
+    assert "gpt2" in capsys.readouterr().out

@@ -17,7 +17,8 @@ size and shape (100,000 train, 10,000 val, 64 px) at `--resolution`. GPT-2: the 
 next-token loss, dropout off) against Hugging Face's `GPT2LMHeadModel` (eager, or SDPA attention
 under `torch.compile`), its MFU on GPUs of known peak, and greedy generation against `generate`.
 `--suite cpu|gpu` runs every row of the README's Performance table for that device; the table is
-printed, and written to `--json` after each row. `--rounds N` runs each row N times, each time in a
+printed, and written to `--json` after each row; `--only TEXT` keeps the suite's rows whose label
+contains TEXT. `--rounds N` runs each row N times, each time in a
 fresh process (ours timed first, then the reference, as in one run), and reports the medians: on a
 machine whose speed drifts between minutes, the ratio of medians is steadier than any single run.
 """
@@ -183,6 +184,16 @@ def _torch_device_and_sync():
     return device, (torch.cuda.synchronize if device == "cuda" else (lambda: None))
 
 
+def _torch_compiled(module):
+    """`torch.compile` for the one shape a row times. Without `dynamic=False`, compiling the same model
+    class a second time for another shape (the suite's 96 px row after its 64 px row, in one process)
+    compiles for dynamic shapes instead: over five minutes on an H200, for a program that a user of
+    one resolution would not get."""
+    import torch
+
+    return torch.compile(module, dynamic=False)
+
+
 def _seconds_per_call(fn, sync, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
@@ -209,7 +220,7 @@ def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str
     if low_precision:
         model = model.to(memory_format=torch.channels_last)
         images = images.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compiled else model
+    forward = _torch_compiled(model) if compiled else model
 
     def step():
         with torch.autocast(device, dtype=getattr(torch, dtype), enabled=low_precision):
@@ -274,7 +285,7 @@ def time_gpt2_train(args) -> tuple[float, float | None, int]:
     reference, device, sync = _hf_gpt2(args, "sdpa" if args.torch_compile else "eager")
     reference.train()
     optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=0.05)
-    forward = torch.compile(reference) if args.torch_compile else reference
+    forward = _torch_compiled(reference) if args.torch_compile else reference
     ids = torch.from_numpy(tokens[:, :-1]).long().to(device)
     low_precision = args.dtype != "float32" and device == "cuda"
 
@@ -467,6 +478,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="also write the table as JSON to this file (after each row)")
     parser.add_argument("--rounds", type=int, default=1, help="time each row this many times, each in a fresh "
                         "process, and report the medians")
+    parser.add_argument("--only", help="with --suite: only the rows whose label (printed to stderr as each row "
+                        "finishes) contains this text, e.g. '96px' or 'gpt2'")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     return parser
 
@@ -513,7 +526,7 @@ def _each_row_args(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
         vars(row_args).update(spec)
         if row_args.batch_size is None:
             row_args.batch_size = 8 if row_args.model == "gpt2" else 64
-        yield _quick(row_args) if args.quick else row_args
+        yield row_args
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -521,9 +534,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.only and not args.suite:
+        parser.error("--only picks rows of a --suite")
+    suite_rows = list(_each_row_args(args))
+    chosen = [row_args for row_args in suite_rows if not args.only or args.only in _row_label(row_args)]
+    if not chosen:
+        labels = "; ".join(map(_row_label, suite_rows))
+        parser.error(f"--only {args.only!r} matches no row of the {args.suite} suite: {labels}")
     rows: list[dict] = []
     failures: list[str] = []
-    for row_args in _each_row_args(args):
+    for row_args in chosen:
+        row_args = _quick(row_args) if args.quick else row_args
         started = time.perf_counter()
         try:
             rows += run(row_args) if args.rounds == 1 else median_of_rounds(_rounds(row_args, args.rounds))

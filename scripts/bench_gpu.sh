@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU row of the README's Performance table in one call:
-#   bash scripts/bench_gpu.sh [OUT.json [--only TEXT]]
+#   bash scripts/bench_gpu.sh [OUT.json [--only TEXT ...]]
 # Needs the package's dependencies and the torch extra (torch, torchvision, timm, transformers).
 # Rows are written to OUT.json as they finish. The suite gets BENCH_GPU_SECONDS (default 480) of
 # wall time; if that stops it, the rows finished so far are still printed. The whole suite takes
 # longer than that on an H200 (docs/performance.md: three of its rows took 183, 133 and 72 s, and the
-# end-to-end row needs over 5 minutes): `--only` picks rows by label ('64px', '96px train step',
-# 'gpt2', 'end to end'). PYTHON picks the interpreter (default python3).
+# end-to-end row needs over 5 minutes): `--only` (repeatable) picks rows by label ('64px',
+# '96px train step', 'gpt2', 'end to end'). PYTHON picks the interpreter (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench_gpu.json}

@@ -97,12 +97,13 @@ def test_a_failing_suite_row_is_reported_and_the_rows_after_it_still_run(tmp_pat
 
 
 def test_only_picks_suite_rows_by_label(tmp_path):
-    rows = bench.main(["--suite", "cpu", "--only", "mobilenet_v2 b64 96px", "--quick"])
-    assert [row["model"] for row in rows] == ["mobilenet_v2"]
+    rows = bench.main(["--suite", "cpu", "--only", "mobilenet_v2 b64 96px", "--only", "gpt2", "--quick",
+                       "--gen-batch-sizes", ""])
+    assert [row["model"] for row in rows] == ["mobilenet_v2", "gpt2"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--suite", "cpu", "--only", "resnet"], "matches no row of the cpu suite: mobilevit_xxs b64 64px train step;"),
+    (["--suite", "cpu", "--only", "resnet"], "--only resnet matches no row of the cpu suite: mobilevit_xxs b64 64px train step;"),
     (["--only", "gpt2"], "--only picks rows of a --suite"),
 ])
 def test_only_refuses_what_it_cannot_pick(capsys, argv, message):

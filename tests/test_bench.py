@@ -96,7 +96,7 @@ def test_a_failing_suite_row_is_reported_and_the_rows_after_it_still_run(tmp_pat
     assert "gpt2" in capsys.readouterr().out
 
 
-def test_only_picks_suite_rows_by_label(tmp_path):
+def test_only_picks_suite_rows_by_label():
     rows = bench.main(["--suite", "cpu", "--only", "mobilenet_v2 b64 96px", "--only", "gpt2", "--quick",
                        "--gen-batch-sizes", ""])
     assert [row["model"] for row in rows] == ["mobilenet_v2", "gpt2"]

@@ -498,7 +498,8 @@ def _rounds(row_args: argparse.Namespace, count: int) -> list[list[dict]]:
     for index in range(count):
         rounds.append(_rows_in_fresh_process(row_args))
         summary = "; ".join(f"{row['ours']} / {row['reference_value'] or '-'} {row['unit']}" for row in rounds[-1])
-        print(f"{row_args.model} round {index + 1} of {count}: ours / reference {summary}", file=sys.stderr, flush=True)
+        print(f"{_row_label(row_args)} round {index + 1} of {count}: ours / reference {summary}", file=sys.stderr,
+              flush=True)
     return rounds
 
 

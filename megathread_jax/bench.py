@@ -3,7 +3,7 @@
   python -m megathread_jax.bench --suite cpu|gpu [--json FILE] [--quick]
   python -m megathread_jax.bench [--model mobilevit_xxs] [--batch-size 64] [--resolution 64]
                                  [--dtype float32|bfloat16] [--steps 20] [--torch-compile]
-                                 [--input-path] [--e2e-epochs N] [--json FILE] [--quick]
+                                 [--input-path] [--e2e-epochs N] [--json FILE] [--quick] [--profile DIR]
   python -m megathread_jax.bench --model gpt2 [--n-layer 6 --n-embd 384 --n-head 6] [--seq-len 256]
                                  [--batch-size 8] [--gen-batch-sizes 1,8] [--new-tokens 64]
 
@@ -21,6 +21,8 @@ printed, and written to `--json` after each row; `--only TEXT` (repeatable) keep
 whose label contains TEXT. `--rounds N` runs each row N times, each time in a
 fresh process (ours timed first, then the reference, as in one run), and reports the medians: on a
 machine whose speed drifts between minutes, the ratio of medians is steadier than any single run.
+`--profile DIR` traces a few more train steps of each side with its framework's profiler and prints
+what ran per step (kernels or operations, their summed time, the longest kinds).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -54,7 +57,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from megathread_jax import generate, models, parallel, tasks, train  # noqa: E402
+from megathread_jax import generate, models, parallel, profiling, tasks, train  # noqa: E402
 from megathread_jax.config_base import load_config  # noqa: E402
 from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl  # noqa: E402
 from megathread_jax.train import TrainState, make_train_step  # noqa: E402
@@ -86,13 +89,15 @@ REFERENCES = {
 
 
 def time_flax(
-    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, conv_impl: str
+    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, conv_impl: str,
+    profile_dir: pathlib.Path | None = None,
 ) -> float:
     """Images per second of the jitted train step (compile excluded)."""
     num_classes = REFERENCES[model_name][2]
     model = models.create(model_name, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl)
     batch = jax.tree.map(jnp.asarray, _synthetic_batch(batch_size, resolution, num_classes))
-    return batch_size / _seconds_per_flax_step(model, _synthetic_loss, lambda step: batch, steps, warmup)
+    return batch_size / _seconds_per_flax_step(model, _synthetic_loss, lambda step: batch, steps, warmup,
+                                               profile_dir=profile_dir)
 
 
 def _synthetic_loss(model, batch, key):
@@ -107,11 +112,16 @@ def _synthetic_batch(batch_size: int, resolution: int, num_classes: int) -> dict
     }
 
 
+# Steps traced by `--profile`, after the timed ones.
+PROFILED_STEPS = 3
+
+
 def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], steps: int, warmup: int,
-                           mesh=None) -> float:
+                           mesh=None, profile_dir: pathlib.Path | None = None) -> float:
     """Mean seconds of the jitted, donated AdamW train step of `loss` (compile excluded).
 
-    With a `mesh`, the state is replicated over it first, as the training loop does."""
+    With a `mesh`, the state is replicated over it first, as the training loop does. With a
+    `profile_dir`, `PROFILED_STEPS` more steps are traced there."""
     tx = optax.adamw(1e-3, weight_decay=0.05)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
@@ -128,6 +138,11 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     seconds = (time.perf_counter() - start) / steps
     if step._cache_size() != 1:  # a recompilation inside the timed steps would be timed too
         raise RuntimeError(f"the train step compiled {step._cache_size()} times; every step must reuse one program")
+    if profile_dir is not None:
+        with profiling.jax_profile(profile_dir, PROFILED_STEPS, title=profile_dir.name):
+            for i in range(PROFILED_STEPS):
+                state, metrics = step(state, batch_of_step(warmup + steps + i))
+            jax.block_until_ready(metrics)
     return seconds
 
 
@@ -194,7 +209,9 @@ def _torch_compiled(module):
     return torch.compile(module, dynamic=False)
 
 
-def _seconds_per_call(fn, sync, steps: int, warmup: int) -> float:
+def _seconds_per_call(fn, sync, steps: int, warmup: int, profile_dir: pathlib.Path | None = None) -> float:
+    """Mean seconds of `fn` after `warmup` calls; with a `profile_dir`, `PROFILED_STEPS` more calls
+    are traced there by PyTorch's profiler."""
     for _ in range(warmup):
         fn()
     sync()
@@ -202,11 +219,17 @@ def _seconds_per_call(fn, sync, steps: int, warmup: int) -> float:
     for _ in range(steps):
         fn()
     sync()
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    if profile_dir is not None:
+        with profiling.torch_profile(profile_dir, PROFILED_STEPS, title=profile_dir.name):
+            for _ in range(PROFILED_STEPS):
+                fn()
+            sync()
+    return seconds
 
 
 def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,
-                   compiled: bool = False) -> float:
+                   compiled: bool = False, profile_dir: pathlib.Path | None = None) -> float:
     """Images per second of the PyTorch reference's train step, eager or under `torch.compile`."""
     import torch
 
@@ -229,7 +252,7 @@ def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str
         loss.backward()
         optimizer.step()
 
-    return batch_size / _seconds_per_call(step, sync, steps, warmup)
+    return batch_size / _seconds_per_call(step, sync, steps, warmup, profile_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +300,8 @@ def time_gpt2_train(args) -> tuple[float, float | None, int]:
 
     tokens_per_step = args.batch_size * args.seq_len
     batch = {"tokens": jnp.asarray(tokens)}
-    ours = tokens_per_step / _seconds_per_flax_step(model, loss, lambda step: batch, args.steps, args.warmup)
+    ours = tokens_per_step / _seconds_per_flax_step(model, loss, lambda step: batch, args.steps, args.warmup,
+                                                    profile_dir=_profile_dir(args, "ours"))
     if args.no_reference:
         return ours, None, n_params
     import torch
@@ -296,7 +320,12 @@ def time_gpt2_train(args) -> tuple[float, float | None, int]:
         out.loss.backward()
         optimizer.step()
 
-    return ours, tokens_per_step / _seconds_per_call(step, sync, args.steps, args.warmup), n_params
+    seconds = _seconds_per_call(step, sync, args.steps, args.warmup, _profile_dir(args, _gpt2_reference_label(args)))
+    return ours, tokens_per_step / seconds, n_params
+
+
+def _gpt2_reference_label(args) -> str:
+    return "HF sdpa + torch.compile" if args.torch_compile else "HF eager"
 
 
 def time_gpt2_generate(args, batch_size: int) -> tuple[float, float | None]:
@@ -358,8 +387,7 @@ def _gpt2_rows(args) -> list[dict]:
     shape = f"L{args.n_layer} d{args.n_embd} h{args.n_head}"
     setting = f"train {shape} b{args.batch_size} T{args.seq_len} {args.dtype} attn={args.attention_impl}"
     ours, theirs, n_params = time_gpt2_train(args)
-    reference = "HF sdpa + torch.compile" if args.torch_compile else "HF eager"
-    rows = [_row("gpt2", setting, "tokens/s", ours, reference, theirs)]
+    rows = [_row("gpt2", setting, "tokens/s", ours, _gpt2_reference_label(args), theirs)]
     peak = device_peak_flops()
     if peak is not None:
         mfu = ours * gpt2_flops_per_token(n_params, args.n_layer, args.n_embd, args.seq_len) / peak
@@ -387,13 +415,20 @@ def _image_rows(args) -> list[dict]:
                          f"64px images at {args.resolution}px, {args.dtype}", "s", seconds, "-", None))
     if rows:
         return rows
-    ours = time_flax(args.model, *common, impl)
-    rows.append(_row(args.model, setting, "images/s", ours, REFERENCES[args.model][0],
-                     None if args.no_reference else time_reference(args.model, *common)))
+    ours = time_flax(args.model, *common, impl, _profile_dir(args, "ours"))
+    eager = REFERENCES[args.model][0]
+    rows.append(_row(args.model, setting, "images/s", ours, eager, None if args.no_reference else
+                     time_reference(args.model, *common, profile_dir=_profile_dir(args, eager))))
     if args.torch_compile and not args.no_reference:
-        label = REFERENCES[args.model][0].replace("eager", "torch.compile")
-        rows.append(_row(args.model, setting, "images/s", ours, label, time_reference(args.model, *common, compiled=True)))
+        label = eager.replace("eager", "torch.compile")
+        rows.append(_row(args.model, setting, "images/s", ours, label, time_reference(
+            args.model, *common, compiled=True, profile_dir=_profile_dir(args, label))))
     return rows
+
+
+def _profile_dir(args, side: str) -> pathlib.Path | None:
+    """Where `--profile` traces one side of a row: a folder named after it (`ours`, `timm_eager`)."""
+    return pathlib.Path(args.profile) / re.sub(r"\W+", "_", side).strip("_") if args.profile else None
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -475,6 +510,8 @@ def _parser() -> argparse.ArgumentParser:
     gpt2.add_argument("--new-tokens", type=int, default=64)
     gpt2.add_argument("--gen-repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time the Flax side only")
+    parser.add_argument("--profile", metavar="DIR", help=f"after timing, trace {PROFILED_STEPS} train steps of each "
+                        "side with its framework's profiler into DIR and print what ran per step")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the command works")
     parser.add_argument("--json", help="also write the table as JSON to this file (after each row)")
     parser.add_argument("--rounds", type=int, default=1, help="time each row this many times, each in a fresh "
@@ -538,6 +575,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.only and not args.suite:
         parser.error("--only picks rows of a --suite")
+    if args.profile and (args.suite or args.rounds > 1 or args.input_path or args.e2e_epochs):
+        parser.error("--profile traces one row's train steps: not with --suite, --rounds, --input-path or --e2e-epochs")
     suite_rows = list(_each_row_args(args))
     chosen = [row_args for row_args in suite_rows
               if not args.only or any(text in _row_label(row_args) for text in args.only)]

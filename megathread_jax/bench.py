@@ -100,6 +100,11 @@ def time_flax(
                                                profile_dir=profile_dir)
 
 
+def _progress(message: str) -> None:
+    """A line on stderr while a row runs: on a GPU, compilation can take most of a row's minutes."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _synthetic_loss(model, batch, key):
     return tasks.classification_loss(model(batch["image"]), batch["label"], 0.1), {}
 
@@ -128,8 +133,12 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     if mesh is not None:
         state = parallel.replicate(state, mesh)
     step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0)
+    started = time.perf_counter()
     for i in range(warmup):
         state, metrics = step(state, batch_of_step(i))
+        if i == 0:
+            jax.block_until_ready(metrics)
+            _progress(f"Flax step: compiled and ran step 1 in {time.perf_counter() - started:.1f} s")
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(steps):
@@ -212,9 +221,12 @@ def _torch_compiled(module):
 def _seconds_per_call(fn, sync, steps: int, warmup: int, profile_dir: pathlib.Path | None = None) -> float:
     """Mean seconds of `fn` after `warmup` calls; with a `profile_dir`, `PROFILED_STEPS` more calls
     are traced there by PyTorch's profiler."""
+    started = time.perf_counter()
     for _ in range(warmup):
         fn()
     sync()
+    _progress(f"PyTorch step: {warmup} warm-up calls (compilation included, if any) took "
+              f"{time.perf_counter() - started:.1f} s")
     start = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -535,8 +547,7 @@ def _rounds(row_args: argparse.Namespace, count: int) -> list[list[dict]]:
     for index in range(count):
         rounds.append(_rows_in_fresh_process(row_args))
         summary = "; ".join(f"{row['ours']} / {row['reference_value'] or '-'} {row['unit']}" for row in rounds[-1])
-        print(f"{_row_label(row_args)} round {index + 1} of {count}: ours / reference {summary}", file=sys.stderr,
-              flush=True)
+        _progress(f"{_row_label(row_args)} round {index + 1} of {count}: ours / reference {summary}")
     return rounds
 
 
@@ -595,7 +606,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise
             traceback.print_exc()
             failures.append(f"{_row_label(row_args)}: {type(error).__name__}: {error}")
-        print(f"{_row_label(row_args)}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        _progress(f"{_row_label(row_args)}: {time.perf_counter() - started:.0f} s")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

@@ -13,8 +13,10 @@ from megathread_jax import bench
 def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, reference, rows):
     out = tmp_path / "bench.json"
     bench.main(["--model", model, "--quick", "--json", str(out)])
-    table = capsys.readouterr().out
+    printed = capsys.readouterr()
+    table = printed.out
     assert all(column in table for column in bench.COLUMNS) and reference in table and model in table
+    assert "Flax step: compiled and ran step 1 in" in printed.err and "PyTorch step: " in printed.err
     written = json.loads(out.read_text())
     assert len(written) == rows
     for row in written:

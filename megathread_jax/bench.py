@@ -132,7 +132,8 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
     if mesh is not None:
         state = parallel.replicate(state, mesh)
-    step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0)
+    step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0,
+                   compiler_options=host_memory.step_compiler_options())
     started = time.perf_counter()
     for i in range(warmup):
         state, metrics = step(state, batch_of_step(i))

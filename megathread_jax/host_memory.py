@@ -10,10 +10,17 @@ instead.
 glibc reads its tunables only when a process starts, so the command-line entry points re-execute
 themselves once with the tunable added. Setting `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any
 value of that tunable) keeps a process as it is.
+
+`step_compiler_options` goes further, and needs no restart: XLA:CPU packs a step's temporaries
+into one allocation, too large for malloc ever to keep; capped at `STEP_HEAP_BYTES` they become
+several allocations, and with malloc set to keep freed memory (`keep_freed_memory`) every step
+reuses the last one's pages instead of faulting in new ones.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 import sys
@@ -21,6 +28,14 @@ from collections.abc import Mapping
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+# XLA:CPU's temporaries per allocation: under glibc's largest mmap threshold (32 MB on 64-bit).
+STEP_HEAP_BYTES = 16 << 20
+# mallopt(3) parameters from glibc's malloc.h, and the values that make malloc keep freed memory:
+# allocations up to 32 MB from the heap instead of their own mappings, no trimming of a heap's free
+# top, and 64 MB of padding, without which glibc unmaps a thread's heap as soon as it is all free.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP_FREED_MEMORY = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
 
 
 def transparent_huge_page_mode(path: str = THP_MODE_FILE) -> str | None:
@@ -57,3 +72,29 @@ def reexec_with_huge_pages() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, environ)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Sets glibc's malloc, for the whole process, to keep freed memory for the next allocations.
+
+    Returns whether it did; only glibc has these settings.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in _KEEP_FREED_MEMORY)
+
+
+def step_compiler_options() -> dict[str, int]:
+    """XLA compiler options for a jitted train or eval step on this process's backend.
+
+    On the CPU with glibc: temporaries in allocations of at most `STEP_HEAP_BYTES`, with malloc set
+    to keep them between steps (MobileViT-XXS's b64 step: no page faults instead of ~600 on huge
+    pages; docs/performance.md, attempt 41). Elsewhere none.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu" or not keep_freed_memory():
+        return {}
+    return {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES}

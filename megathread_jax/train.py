@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from megathread_jax import checkpoints, freezing, models, optim, parallel, tasks
+from megathread_jax import checkpoints, freezing, host_memory, models, optim, parallel, tasks
 from megathread_jax.errors import UserError, WeightsNotFoundError
 from megathread_jax.metrics import MetricWriter
 
@@ -149,7 +149,8 @@ def phased_train_steps(
         if key not in compiled:
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
+            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0,
+                                    compiler_options=host_memory.step_compiler_options())
             trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
             print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
@@ -258,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed,
                                          skip_nonfinite=config.skip_nonfinite_updates),
     )
-    eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
+    eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums), compiler_options=host_memory.step_compiler_options())
 
     writer = MetricWriter(workdir, label=label)
     start = int(state.step)

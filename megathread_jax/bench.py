@@ -132,8 +132,7 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
     if mesh is not None:
         state = parallel.replicate(state, mesh)
-    step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0,
-                   compiler_options=host_memory.step_compiler_options())
+    step = host_memory.jit_step(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0)
     started = time.perf_counter()
     for i in range(warmup):
         state, metrics = step(state, batch_of_step(i))
@@ -146,8 +145,8 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
         state, metrics = step(state, batch_of_step(warmup + i))
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    if step._cache_size() != 1:  # a recompilation inside the timed steps would be timed too
-        raise RuntimeError(f"the train step compiled {step._cache_size()} times; every step must reuse one program")
+    if step.jitted._cache_size() != 1:  # a recompilation inside the timed steps would be timed too
+        raise RuntimeError(f"the train step compiled {step.jitted._cache_size()} times; every step must reuse one program")
     if profile_dir is not None:
         with profiling.jax_profile(profile_dir, PROFILED_STEPS, title=profile_dir.name):
             for i in range(PROFILED_STEPS):

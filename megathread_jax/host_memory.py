@@ -11,7 +11,7 @@ glibc reads its tunables only when a process starts, so the command-line entry p
 themselves once with the tunable added. Setting `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any
 value of that tunable) keeps a process as it is.
 
-`step_compiler_options` goes further, and needs no restart: XLA:CPU packs a step's temporaries
+`jit_step` goes further, and needs no restart: XLA:CPU packs a step's temporaries
 into one allocation, too large for malloc ever to keep; capped at `STEP_HEAP_BYTES` they become
 several allocations, and with malloc set to keep freed memory (`keep_freed_memory`) every step
 reuses the last one's pages instead of faulting in new ones.
@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import platform
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -86,15 +89,40 @@ def keep_freed_memory() -> bool:
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in _KEEP_FREED_MEMORY)
 
 
-def step_compiler_options() -> dict[str, int]:
-    """XLA compiler options for a jitted train or eval step on this process's backend.
+def largest_array_bytes(lowered_text: str) -> int:
+    """The size of the largest array (`tensor<...>` type) in the text of a lowered StableHLO module."""
+    largest = 0
+    for dims, dtype in re.findall(r"tensor<((?:\d+x)+)([a-z]+\d+)>", lowered_text):
+        elements = math.prod(int(d) for d in dims[:-1].split("x"))
+        largest = max(largest, elements * max(1, int(re.sub(r"\D", "", dtype)) // 8))
+    return largest
 
-    On the CPU with glibc: temporaries in allocations of at most `STEP_HEAP_BYTES`, with malloc set
-    to keep them between steps (MobileViT-XXS's b64 step: no page faults instead of ~600 on huge
-    pages; docs/performance.md, attempt 41). Elsewhere none.
+
+def jit_step(fn: Callable, **jit_kwargs: Any) -> Callable:
+    """`jax.jit(fn, **jit_kwargs)`, except on the CPU with glibc for a step whose arrays all fit in
+    `STEP_HEAP_BYTES`: its temporaries then come in allocations of at most that size, with malloc
+    set to keep them between steps (MobileViT-XXS's b64 64 px step: no page faults, 137 -> 95 ms;
+    docs/performance.md, attempt 41). Where an array is larger (GPT-2's logits, MobileNetV2 at
+    96 px), splitting measured slower, so such steps compile as they are.
+
+    The choice is made at the first call; `step.jitted` is then the jitted function in use, and
+    `step.keeps_buffers` says which it is.
     """
     import jax
 
-    if jax.default_backend() != "cpu" or not keep_freed_memory():
-        return {}
-    return {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES}
+    plain = jax.jit(fn, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def step(*args):
+        if step.jitted is None:
+            step.keeps_buffers = (
+                jax.default_backend() == "cpu"
+                and largest_array_bytes(plain.lower(*args).as_text()) <= STEP_HEAP_BYTES
+                and keep_freed_memory()
+            )
+            options = {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES} if step.keeps_buffers else None
+            step.jitted = jax.jit(fn, compiler_options=options, **jit_kwargs) if options else plain
+        return step.jitted(*args)
+
+    step.jitted, step.keeps_buffers = None, False
+    return step

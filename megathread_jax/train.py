@@ -149,8 +149,7 @@ def phased_train_steps(
         if key not in compiled:
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0,
-                                    compiler_options=host_memory.step_compiler_options())
+            compiled[key] = host_memory.jit_step(make_step(graphdef), donate_argnums=0)
             trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
             print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
@@ -259,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed,
                                          skip_nonfinite=config.skip_nonfinite_updates),
     )
-    eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums), compiler_options=host_memory.step_compiler_options())
+    eval_step = host_memory.jit_step(make_eval_step(eval_graphdef, task.eval_sums))
 
     writer = MetricWriter(workdir, label=label)
     start = int(state.step)

@@ -5,6 +5,9 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from megathread_jax import host_memory
@@ -79,7 +82,6 @@ def test_malloc_keeps_a_freed_step_buffer_for_the_next_step():
 
 
 TEMP_ALLOCATIONS = """
-import sys
 import jax, jax.numpy as jnp
 from megathread_jax import host_memory
 
@@ -90,7 +92,9 @@ def temporaries(x):  # three 16 MB intermediates alive at once
 
 x = jnp.ones((2048, 2048), jnp.float32)
 jax.jit(temporaries).lower(x).compile()
-jax.jit(temporaries, compiler_options=host_memory.step_compiler_options()).lower(x).compile()
+step = host_memory.jit_step(temporaries)
+step(x).block_until_ready()
+print(step.keeps_buffers)
 """
 
 
@@ -101,9 +105,24 @@ def _temp_allocation_sizes(buffer_assignment: pathlib.Path) -> list[int]:
 
 @pytest.mark.skipif(not GLIBC, reason="the split temporaries go with glibc's malloc settings")
 def test_step_temporaries_come_in_allocations_malloc_can_keep(tmp_path):
-    _run_python(TEMP_ALLOCATIONS, XLA_FLAGS=f"--xla_dump_to={tmp_path}", JAX_PLATFORMS="cpu")
+    out = _run_python(TEMP_ALLOCATIONS, XLA_FLAGS=f"--xla_dump_to={tmp_path}", JAX_PLATFORMS="cpu")
+    assert out.split() == ["True"]
     default, kept = (_temp_allocation_sizes(path) for path in
                      sorted(tmp_path.glob("*jit_temporaries*after_optimizations-buffer-assignment.txt")))
     assert len(default) == 1 and default[0] > host_memory.STEP_HEAP_BYTES
     assert len(kept) > 1 and max(kept) <= host_memory.STEP_HEAP_BYTES
     assert sum(kept) >= default[0]
+
+
+def test_a_step_with_an_array_too_large_to_keep_compiles_as_it_is():
+    step = host_memory.jit_step(lambda x: jnp.tanh(x) * 2)
+    large = jnp.ones((host_memory.STEP_HEAP_BYTES // 4 + 1024,), jnp.float32)
+    assert float(step(large)[0]) == pytest.approx(2 * np.tanh(1.0))
+    assert not step.keeps_buffers
+    assert step.jitted._cache_size() == 1
+
+
+def test_largest_array_read_from_the_lowered_module():
+    lowered = jax.jit(lambda x, y: x.astype(jnp.bfloat16) @ y).lower(
+        jnp.ones((64, 32), jnp.float32), jnp.ones((32, 3000), jnp.bfloat16))
+    assert host_memory.largest_array_bytes(lowered.as_text()) == 64 * 3000 * 2

@@ -1,4 +1,4 @@
-"""Transparent huge pages for the host's malloc, so XLA:CPU's step buffers stop page-faulting.
+"""Host memory for XLA:CPU's steps: malloc on transparent huge pages, and step buffers kept.
 
 XLA:CPU allocates each step's temporaries afresh (260 MB for MobileViT-XXS at batch 64, 64 px).
 glibc serves allocations this large with a fresh `mmap` and returns them with `munmap`, so every

@@ -11,10 +11,10 @@ glibc reads its tunables only when a process starts, so the command-line entry p
 themselves once with the tunable added. Setting `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or any
 value of that tunable) keeps a process as it is.
 
-`jit_step` goes further, and needs no restart: XLA:CPU packs a step's temporaries
-into one allocation, too large for malloc ever to keep; capped at `STEP_HEAP_BYTES` they become
-several allocations, and with malloc set to keep freed memory (`keep_freed_memory`) every step
-reuses the last one's pages instead of faulting in new ones.
+`jit_step` goes further, and needs no restart: XLA:CPU packs a step's temporaries into one
+allocation, too large for malloc ever to keep; in a step whose arrays all fit in `STEP_HEAP_BYTES`,
+capped at that size they become several allocations, and with malloc set to keep freed memory
+(`keep_freed_memory`) every step reuses the last one's pages instead of faulting in new ones.
 """
 
 from __future__ import annotations

@@ -98,31 +98,42 @@ def largest_array_bytes(lowered_text: str) -> int:
     return largest
 
 
-def jit_step(fn: Callable, **jit_kwargs: Any) -> Callable:
+def jit_step(fn: Callable, **jit_kwargs: Any) -> CpuAwareStep:
     """`jax.jit(fn, **jit_kwargs)`, except on the CPU with glibc for a step whose arrays all fit in
     `STEP_HEAP_BYTES`: its temporaries then come in allocations of at most that size, with malloc
     set to keep them between steps (MobileViT-XXS's b64 64 px step: no page faults, 137 -> 95 ms;
     docs/performance.md, attempt 41). Where an array is larger (GPT-2's logits, MobileNetV2 at
     96 px), splitting measured slower, so such steps compile as they are.
-
-    The choice is made at the first call; `step.jitted` is then the jitted function in use, and
-    `step.keeps_buffers` says which it is.
     """
-    import jax
+    return CpuAwareStep(fn, jit_kwargs)
 
-    plain = jax.jit(fn, **jit_kwargs)
 
-    @functools.wraps(fn)
-    def step(*args):
-        if step.jitted is None:
-            step.keeps_buffers = (
-                jax.default_backend() == "cpu"
-                and largest_array_bytes(plain.lower(*args).as_text()) <= STEP_HEAP_BYTES
-                and keep_freed_memory()
-            )
-            options = {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES} if step.keeps_buffers else None
-            step.jitted = jax.jit(fn, compiler_options=options, **jit_kwargs) if options else plain
-        return step.jitted(*args)
+class CpuAwareStep:
+    """The step `jit_step` returns. The choice is made at the first call: `jitted` is then the
+    jitted function in use, and `keeps_buffers` says whether it is the split one."""
 
-    step.jitted, step.keeps_buffers = None, False
-    return step
+    def __init__(self, fn: Callable, jit_kwargs: dict[str, Any]):
+        import jax
+
+        self._fn, self._jit_kwargs = fn, jit_kwargs
+        self._plain = jax.jit(fn, **jit_kwargs)
+        self.jitted: Callable | None = None
+
+    @property
+    def keeps_buffers(self) -> bool:
+        return self.jitted is not None and self.jitted is not self._plain
+
+    def __call__(self, *args):
+        if self.jitted is None:
+            self.jitted = self._choose(args)
+        return self.jitted(*args)
+
+    def _choose(self, args: tuple) -> Callable:
+        import jax
+
+        fits = (jax.default_backend() == "cpu"
+                and largest_array_bytes(self._plain.lower(*args).as_text()) <= STEP_HEAP_BYTES)
+        if not (fits and keep_freed_memory()):
+            return self._plain
+        options = {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES}
+        return jax.jit(self._fn, compiler_options=options, **self._jit_kwargs)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from megathread_jax.models.mixed_precision import einsum_float32_out
+
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT_POLICIES = {
     "none": None,
@@ -154,26 +156,26 @@ class GPT2Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
             cache = {"k": k, "v": v}
-        weights = None
-        dropout_active = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
-        if output_attentions or dropout_active:
-            out, weights = self._explicit_attention(q, k, v, mask)
+        if self.implementation == "cudnn" and mask is None and not output_attentions and not self._dropout_active():
+            # The fused cuDNN kernel serves the plain causal case (training).
+            out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True,
+                                               implementation="cudnn")
+            weights = None
         else:
-            # The fused cuDNN kernel serves the plain causal case (training); masked attention
-            # (padding, the generation cache) takes XLA's implementation.
-            out = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
-                implementation=self.implementation if mask is None else "xla",
-            )
+            out, weights = self._explicit_attention(q, k, v, mask)
         out = self.resid_dropout(self.c_proj(out.reshape(b, t, d)))
-        return out, cache, weights
+        return out, cache, (weights if output_attentions else None)
+
+    def _dropout_active(self) -> bool:
+        return self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
 
     def _explicit_attention(self, q, k, v, mask):
-        """Softmax attention written out: returns the weights too, and applies attention dropout."""
+        """Softmax attention written out (the `xla` implementation, and for attention weights or
+        attention dropout): returns the output and the weights."""
         t, s = q.shape[1], k.shape[1]
         if mask is None:
             mask = jnp.tril(jnp.ones((t, s), bool), k=s - t)[None, None]
-        logits = jnp.einsum("btnh,bsnh->bnts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        logits = einsum_float32_out("btnh,bsnh->bnts", q, k.astype(q.dtype))
         logits = jnp.where(mask, logits * q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bnts,bsnh->btnh", self.attn_dropout(weights).astype(q.dtype), v.astype(q.dtype))
@@ -253,7 +255,7 @@ class GPT2LMHeadModel(nnx.Module):
     def _logits(self, hidden: jax.Array) -> jax.Array:
         dtype = self.config.compute_dtype
         table = self.transformer.wte.weight[...].astype(dtype)
-        logits = jnp.einsum("btd,vd->btv", hidden.astype(dtype), table, preferred_element_type=jnp.float32)
+        logits = einsum_float32_out("btd,vd->btv", hidden.astype(dtype), table)
         return logits[..., : self.config.vocab_size]
 
     def _check_length(self, input_ids: jax.Array) -> int:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megathread_jax.models.layers import Conv2d, ConvNormAct, silu, torch_linear
+from megathread_jax.models.mixed_precision import einsum_float32_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Attention(nnx.Module):
         else:
             q, k, v = jnp.einsum("bnc,cthd->tbhnd", x, qkv_kernel) + qkv_bias
             # Softmax in float32 whatever the compute dtype.
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = einsum_float32_out("bhqd,bhkd->bhqk", q, k)
             weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(v.dtype)
             out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         proj_kernel = self.proj.kernel[...].astype(dtype).reshape(heads, head_dim, c)

@@ -156,7 +156,8 @@ class GPT2Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
             cache = {"k": k, "v": v}
-        if self.implementation == "cudnn" and mask is None and not output_attentions and not self._dropout_active():
+        dropout_active = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
+        if self.implementation == "cudnn" and mask is None and not (output_attentions or dropout_active):
             # The fused cuDNN kernel serves the plain causal case (training).
             out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True,
                                                implementation="cudnn")
@@ -165,9 +166,6 @@ class GPT2Attention(nnx.Module):
             out, weights = self._explicit_attention(q, k, v, mask)
         out = self.resid_dropout(self.c_proj(out.reshape(b, t, d)))
         return out, cache, (weights if output_attentions else None)
-
-    def _dropout_active(self) -> bool:
-        return self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
 
     def _explicit_attention(self, q, k, v, mask):
         """Softmax attention written out (the `xla` implementation, and for attention weights or

@@ -1,5 +1,5 @@
 """Products with a float32 result: exact forward, gradients in the compute dtype, and no float32
-matrix products left in the bfloat16 train steps of the models that use them."""
+matrix products left in the bfloat16 forward and backward passes of the models that use them."""
 
 import re
 
@@ -19,12 +19,12 @@ def _operands(dtype):
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (2, 48, 32)).astype(dtype)
     w = jax.random.normal(keys[1], (96, 32)).astype(dtype)
-    weights = jax.random.normal(keys[2], (2, 48, 96))  # a float32 cotangent, as a softmax's
-    return x, w, weights
+    cotangent = jax.random.normal(keys[2], (2, 48, 96))  # float32, as a softmax's
+    return x, w, cotangent
 
 
-def _grads(einsum, x, w, weights):
-    return jax.grad(lambda x, w: jnp.sum(einsum(x, w) * weights), argnums=(0, 1))(x, w)
+def _grads(einsum, x, w, cotangent):
+    return jax.grad(lambda x, w: jnp.sum(einsum(x, w) * cotangent), argnums=(0, 1))(x, w)
 
 
 def _plain(x, w):
@@ -39,9 +39,9 @@ def test_bfloat16_forward_is_the_float32_accumulated_product():
 
 
 def test_bfloat16_gradients_are_bfloat16_and_close_to_float32():
-    x, w, weights = _operands(jnp.bfloat16)
-    ours = _grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, weights)
-    exact = _grads(_plain, x.astype(jnp.float32), w.astype(jnp.float32), weights)
+    x, w, cotangent = _operands(jnp.bfloat16)
+    ours = _grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, cotangent)
+    exact = _grads(_plain, x.astype(jnp.float32), w.astype(jnp.float32), cotangent)
     for got, want in zip(ours, exact):
         assert got.dtype == jnp.bfloat16
         # The cotangent and the result are rounded to bfloat16 (8 bits): a few parts in a thousand.
@@ -57,9 +57,9 @@ def test_long_contractions_accumulate_in_float32():
 
 
 def test_float32_operands_are_the_plain_einsum():
-    x, w, weights = _operands(jnp.float32)
+    x, w, cotangent = _operands(jnp.float32)
     np.testing.assert_array_equal(np.asarray(einsum_float32_out(SPEC, x, w)), np.asarray(_plain(x, w)))
-    for got, want in zip(_grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, weights), _grads(_plain, x, w, weights)):
+    for got, want in zip(_grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, cotangent), _grads(_plain, x, w, cotangent)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from megathread_jax import host_memory
 
@@ -61,7 +61,6 @@ from megathread_jax import generate, models, parallel, profiling, tasks, train  
 from megathread_jax.config_base import load_config  # noqa: E402
 from megathread_jax.models.layers import CONV_IMPLS, resolve_conv_impl  # noqa: E402
 from megathread_jax.train import TrainState, make_train_step  # noqa: E402
-
 
 
 def _timm(name: str):
@@ -89,15 +88,22 @@ REFERENCES = {
 
 
 def time_flax(
-    model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int, conv_impl: str,
+    model_name: str,
+    batch_size: int,
+    resolution: int,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    conv_impl: str,
     profile_dir: pathlib.Path | None = None,
 ) -> float:
     """Images per second of the jitted train step (compile excluded)."""
     num_classes = REFERENCES[model_name][2]
     model = models.create(model_name, num_classes=num_classes, dtype=dtype, conv_impl=conv_impl)
     batch = jax.tree.map(jnp.asarray, _synthetic_batch(batch_size, resolution, num_classes))
-    return batch_size / _seconds_per_flax_step(model, _synthetic_loss, lambda step: batch, steps, warmup,
-                                               profile_dir=profile_dir)
+    return batch_size / _seconds_per_flax_step(
+        model, _synthetic_loss, lambda step: batch, steps, warmup, profile_dir=profile_dir
+    )
 
 
 def _progress(message: str) -> None:
@@ -121,8 +127,15 @@ def _synthetic_batch(batch_size: int, resolution: int, num_classes: int) -> dict
 PROFILED_STEPS = 3
 
 
-def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], steps: int, warmup: int,
-                           mesh=None, profile_dir: pathlib.Path | None = None) -> float:
+def _seconds_per_flax_step(
+    model,
+    loss,
+    batch_of_step: Callable[[int], dict],
+    steps: int,
+    warmup: int,
+    mesh=None,
+    profile_dir: pathlib.Path | None = None,
+) -> float:
     """Mean seconds of the jitted, donated AdamW train step of `loss` (compile excluded).
 
     With a `mesh`, the state is replicated over it first, as the training loop does. With a
@@ -146,7 +159,9 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     if step.jitted._cache_size() != 1:  # a recompilation inside the timed steps would be timed too
-        raise RuntimeError(f"the train step compiled {step.jitted._cache_size()} times; every step must reuse one program")
+        raise RuntimeError(
+            f"the train step compiled {step.jitted._cache_size()} times; every step must reuse one program"
+        )
     if profile_dir is not None:
         with profiling.jax_profile(profile_dir, PROFILED_STEPS, title=profile_dir.name):
             for i in range(PROFILED_STEPS):
@@ -155,8 +170,16 @@ def _seconds_per_flax_step(model, loss, batch_of_step: Callable[[int], dict], st
     return seconds
 
 
-def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,
-                    conv_impl: str, num_images: int) -> tuple[float, float]:
+def time_input_path(
+    model_name: str,
+    batch_size: int,
+    resolution: int,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    conv_impl: str,
+    num_images: int,
+) -> tuple[float, float]:
     """Images per second of the train step fed as in training (uint8 in host memory, gathered by
     step, augmented on the device), and fed synthetic images already on the device."""
     task = tasks.create(_synthetic_image_config(model_name, batch_size, resolution, dtype, conv_impl, num_images))
@@ -176,21 +199,35 @@ def time_input_path(model_name: str, batch_size: int, resolution: int, dtype: st
 SERIES_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "mobilevit.py"
 
 
-def _synthetic_image_config(model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str,
-                            num_images: int):
+def _synthetic_image_config(
+    model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str, num_images: int
+):
     """The series' `pretrained_{64,96}` run (random init: same compute) on in-memory random images."""
     if model_name != "mobilevit_xxs":
-        raise ValueError("--input-path and --e2e-epochs time the series' MobileViT-XXS recipe: use --model mobilevit_xxs")
+        raise ValueError(
+            "--input-path and --e2e-epochs time the series' MobileViT-XXS recipe: use --model mobilevit_xxs"
+        )
     variant = "pretrained_64" if resolution <= 64 else "pretrained_96"
-    return load_config(f"{SERIES_CONFIG}:{variant}", {
-        "init_from": "", "data.name": "synthetic", "data.image_size": 64, "data.num_classes": 200,
-        "data.train_size": num_images, "data.val_size": max(num_images // 10, batch_size),
-        "data.resolution": resolution, "batch_size": batch_size, "model.dtype": dtype, "model.conv_impl": conv_impl,
-    })
+    return load_config(
+        f"{SERIES_CONFIG}:{variant}",
+        {
+            "init_from": "",
+            "data.name": "synthetic",
+            "data.image_size": 64,
+            "data.num_classes": 200,
+            "data.train_size": num_images,
+            "data.val_size": max(num_images // 10, batch_size),
+            "data.resolution": resolution,
+            "batch_size": batch_size,
+            "model.dtype": dtype,
+            "model.conv_impl": conv_impl,
+        },
+    )
 
 
-def time_end_to_end(model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str,
-                    epochs: int, num_images: int) -> float:
+def time_end_to_end(
+    model_name: str, batch_size: int, resolution: int, dtype: str, conv_impl: str, epochs: int, num_images: int
+) -> float:
     """Wall seconds of `train_and_evaluate` (compilation, training, evaluation, checkpoints)."""
     config = _synthetic_image_config(model_name, batch_size, resolution, dtype, conv_impl, num_images)
     config.num_epochs = epochs
@@ -225,8 +262,10 @@ def _seconds_per_call(fn, sync, steps: int, warmup: int, profile_dir: pathlib.Pa
     for _ in range(warmup):
         fn()
     sync()
-    _progress(f"PyTorch step: {warmup} warm-up calls (compilation included, if any) took "
-              f"{time.perf_counter() - started:.1f} s")
+    _progress(
+        f"PyTorch step: {warmup} warm-up calls (compilation included, if any) took "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     start = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -240,8 +279,16 @@ def _seconds_per_call(fn, sync, steps: int, warmup: int, profile_dir: pathlib.Pa
     return seconds
 
 
-def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str, steps: int, warmup: int,
-                   compiled: bool = False, profile_dir: pathlib.Path | None = None) -> float:
+def time_reference(
+    model_name: str,
+    batch_size: int,
+    resolution: int,
+    dtype: str,
+    steps: int,
+    warmup: int,
+    compiled: bool = False,
+    profile_dir: pathlib.Path | None = None,
+) -> float:
     """Images per second of the PyTorch reference's train step, eager or under `torch.compile`."""
     import torch
 
@@ -271,8 +318,15 @@ def time_reference(model_name: str, batch_size: int, resolution: int, dtype: str
 # GPT-2
 # ----------------------------------------------------------------------------------------------
 def _gpt2_shape(args) -> dict:
-    return {"n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head, "n_positions": args.seq_len,
-            "embd_pdrop": 0.0, "resid_pdrop": 0.0, "attn_pdrop": 0.0}
+    return {
+        "n_layer": args.n_layer,
+        "n_embd": args.n_embd,
+        "n_head": args.n_head,
+        "n_positions": args.seq_len,
+        "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
 
 
 def _hf_gpt2(args, attention: str = "eager"):
@@ -312,8 +366,9 @@ def time_gpt2_train(args) -> tuple[float, float | None, int]:
 
     tokens_per_step = args.batch_size * args.seq_len
     batch = {"tokens": jnp.asarray(tokens)}
-    ours = tokens_per_step / _seconds_per_flax_step(model, loss, lambda step: batch, args.steps, args.warmup,
-                                                    profile_dir=_profile_dir(args, "ours"))
+    ours = tokens_per_step / _seconds_per_flax_step(
+        model, loss, lambda step: batch, args.steps, args.warmup, profile_dir=_profile_dir(args, "ours")
+    )
     if args.no_reference:
         return ours, None, n_params
     import torch
@@ -363,8 +418,13 @@ def time_gpt2_generate(args, batch_size: int) -> tuple[float, float | None]:
 
     def reference_call():
         with torch.no_grad():
-            reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                               min_new_tokens=args.new_tokens, do_sample=False)
+            reference.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+            )
 
     return ours, new_tokens / _seconds_per_call(reference_call, sync, args.gen_repeats, 1)
 
@@ -406,8 +466,16 @@ def _gpt2_rows(args) -> list[dict]:
         rows.append(_row("gpt2", f"{setting}, MFU of {peak / 1e12:.0f} TFLOP/s", "% MFU", 100 * mfu, "-", None))
     for batch_size in args.gen_batch_sizes:
         ours, theirs = time_gpt2_generate(args, batch_size)
-        rows.append(_row("gpt2", f"greedy {shape} b{batch_size} prompt {args.prompt_len} +{args.new_tokens} {args.dtype}",
-                         "new tokens/s", ours, "HF generate", theirs))
+        rows.append(
+            _row(
+                "gpt2",
+                f"greedy {shape} b{batch_size} prompt {args.prompt_len} +{args.new_tokens} {args.dtype}",
+                "new tokens/s",
+                ours,
+                "HF generate",
+                theirs,
+            )
+        )
     return rows
 
 
@@ -418,23 +486,57 @@ def _image_rows(args) -> list[dict]:
     rows = []
     if args.input_path:
         real, synthetic = time_input_path(args.model, *common, impl, args.num_images)
-        rows.append(_row(args.model, f"{setting}, input path: {args.num_images} uint8 images in host memory, "
-                         "augmented on the device", "images/s", real, "synthetic on device", synthetic))
+        rows.append(
+            _row(
+                args.model,
+                f"{setting}, input path: {args.num_images} uint8 images in host memory, augmented on the device",
+                "images/s",
+                real,
+                "synthetic on device",
+                synthetic,
+            )
+        )
     if args.e2e_epochs:
-        seconds = time_end_to_end(args.model, args.batch_size, args.resolution, args.dtype, impl, args.e2e_epochs,
-                                  args.num_images)
-        rows.append(_row(args.model, f"end to end, pretrained recipe, {args.e2e_epochs} epochs of {args.num_images} "
-                         f"64px images at {args.resolution}px, {args.dtype}", "s", seconds, "-", None))
+        seconds = time_end_to_end(
+            args.model, args.batch_size, args.resolution, args.dtype, impl, args.e2e_epochs, args.num_images
+        )
+        rows.append(
+            _row(
+                args.model,
+                f"end to end, pretrained recipe, {args.e2e_epochs} epochs of {args.num_images} "
+                f"64px images at {args.resolution}px, {args.dtype}",
+                "s",
+                seconds,
+                "-",
+                None,
+            )
+        )
     if rows:
         return rows
     ours = time_flax(args.model, *common, impl, _profile_dir(args, "ours"))
     eager = REFERENCES[args.model][0]
-    rows.append(_row(args.model, setting, "images/s", ours, eager, None if args.no_reference else
-                     time_reference(args.model, *common, profile_dir=_profile_dir(args, eager))))
+    rows.append(
+        _row(
+            args.model,
+            setting,
+            "images/s",
+            ours,
+            eager,
+            None if args.no_reference else time_reference(args.model, *common, profile_dir=_profile_dir(args, eager)),
+        )
+    )
     if args.torch_compile and not args.no_reference:
         label = eager.replace("eager", "torch.compile")
-        rows.append(_row(args.model, setting, "images/s", ours, label, time_reference(
-            args.model, *common, compiled=True, profile_dir=_profile_dir(args, label))))
+        rows.append(
+            _row(
+                args.model,
+                setting,
+                "images/s",
+                ours,
+                label,
+                time_reference(args.model, *common, compiled=True, profile_dir=_profile_dir(args, label)),
+            )
+        )
     return rows
 
 
@@ -491,13 +593,14 @@ COLUMNS = ["model", "setting", "unit", "ours", "reference", "reference_value", "
 def format_table(rows: list[dict]) -> str:
     cells = [[str(row[c]) if row[c] is not None else "-" for c in COLUMNS] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m megathread_jax.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m megathread_jax.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", choices=sorted(SUITES), help="every row of the Performance table for this device")
     parser.add_argument("--model", default="mobilevit_xxs", choices=sorted([*REFERENCES, "gpt2"]))
     parser.add_argument("--batch-size", type=int)
@@ -506,7 +609,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--torch-compile", action="store_true", help="also (GPT-2: instead) time the reference under torch.compile")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also (GPT-2: instead) time the reference under torch.compile"
+    )
     images = parser.add_argument_group("MobileViT-XXS input path and end to end")
     images.add_argument("--input-path", action="store_true", help="time the training input path against synthetic data")
     images.add_argument("--e2e-epochs", type=int, default=0, help="time a whole run of this many epochs")
@@ -522,14 +627,26 @@ def _parser() -> argparse.ArgumentParser:
     gpt2.add_argument("--new-tokens", type=int, default=64)
     gpt2.add_argument("--gen-repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="time the Flax side only")
-    parser.add_argument("--profile", metavar="DIR", help=f"after timing, trace {PROFILED_STEPS} train steps of each "
-                        "side with its framework's profiler into DIR and print what ran per step")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help=f"after timing, trace {PROFILED_STEPS} train steps of each "
+        "side with its framework's profiler into DIR and print what ran per step",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the command works")
     parser.add_argument("--json", help="also write the table as JSON to this file (after each row)")
-    parser.add_argument("--rounds", type=int, default=1, help="time each row this many times, each in a fresh "
-                        "process, and report the medians")
-    parser.add_argument("--only", action="append", help="with --suite: only the rows whose label (printed to "
-                        "stderr as each row finishes) contains this text, e.g. '96px' or 'gpt2'; may be repeated")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each row this many times, each in a fresh process, and report the medians",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="with --suite: only the rows whose label (printed to "
+        "stderr as each row finishes) contains this text, e.g. '96px' or 'gpt2'; may be repeated",
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)
     return parser
 
@@ -537,7 +654,15 @@ def _parser() -> argparse.ArgumentParser:
 def _rows_in_fresh_process(row_args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "rows.json"
-        command = [sys.executable, "-m", "megathread_jax.bench", "--row", json.dumps(vars(row_args)), "--json", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "megathread_jax.bench",
+            "--row",
+            json.dumps(vars(row_args)),
+            "--json",
+            str(out),
+        ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -589,8 +714,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.profile and (args.suite or args.rounds > 1 or args.input_path or args.e2e_epochs):
         parser.error("--profile traces one row's train steps: not with --suite, --rounds, --input-path or --e2e-epochs")
     suite_rows = list(_each_row_args(args))
-    chosen = [row_args for row_args in suite_rows
-              if not args.only or any(text in _row_label(row_args) for text in args.only)]
+    chosen = [
+        row_args for row_args in suite_rows if not args.only or any(text in _row_label(row_args) for text in args.only)
+    ]
     if not chosen:
         labels = "; ".join(map(_row_label, suite_rows))
         parser.error(f"--only {' / '.join(args.only)} matches no row of the {args.suite} suite: {labels}")
@@ -619,8 +745,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _row_label(row_args: argparse.Namespace) -> str:
     if row_args.model == "gpt2":
         return f"gpt2 b{row_args.batch_size} T{row_args.seq_len} attn={row_args.attention_impl}"
-    kind = ("input path" if row_args.input_path else
-            f"{row_args.e2e_epochs} epochs end to end" if row_args.e2e_epochs else "train step")
+    kind = (
+        "input path"
+        if row_args.input_path
+        else f"{row_args.e2e_epochs} epochs end to end"
+        if row_args.e2e_epochs
+        else "train step"
+    )
     return f"{row_args.model} b{row_args.batch_size} {row_args.resolution}px {kind}"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +33,17 @@ class CheckpointStore:
         asynchronous = jax.process_count() == 1
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+            ),
         )
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                max_to_keep=1,
+                create=True,
+                best_fn=lambda m: m[best_metric],
+                best_mode=best_mode,
                 enable_async_checkpointing=asynchronous,
             ),
         )
@@ -82,8 +88,11 @@ def check_run_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous != identity:
-            diff = {k: (previous.get(k), identity.get(k)) for k in identity.keys() | previous.keys()
-                    if previous.get(k) != identity.get(k)}
+            diff = {
+                k: (previous.get(k), identity.get(k))
+                for k in identity.keys() | previous.keys()
+                if previous.get(k) != identity.get(k)
+            }
             raise CheckpointMismatchError(
                 f"{workdir} holds a run of another model or shape (was -> now: {diff}); use another --workdir"
             )
@@ -124,8 +133,10 @@ def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[st
     checkpointer = ocp.StandardCheckpointer()
     # Restored onto this process's first device, whatever mesh wrote them (e.g. a multi-host run).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          checkpointer.metadata(directory / "weights").item_metadata.tree)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        checkpointer.metadata(directory / "weights").item_metadata.tree,
+    )
     return meta, checkpointer.restore(directory / "weights", target)
 
 
@@ -152,9 +163,7 @@ def load_weights_into(
     """
     meta, weights = read_weights(directory)
     if meta.get("model") != model_name:
-        raise CheckpointMismatchError(
-            f"{directory} holds weights of {meta.get('model')!r}, not {model_name!r}"
-        )
+        raise CheckpointMismatchError(f"{directory} holds weights of {meta.get('model')!r}, not {model_name!r}")
     flat_weights = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.State(weights))}
     skip = tuple(skip_prefixes)
     copied = 0

@@ -1,7 +1,7 @@
 """Errors that reach the user as a short message (no traceback) from the command-line tools."""
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class UserError(Exception):

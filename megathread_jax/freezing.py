@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -71,12 +72,15 @@ class FreezePlan:
     lr_multipliers: tuple[tuple[re.Pattern, float], ...] = ()
 
     @classmethod
-    def from_config(cls, config) -> "FreezePlan":
+    def from_config(cls, config) -> FreezePlan:
         return cls(
             freeze=tuple(compile_pattern(p) for p in _items(config.freeze)),
-            unfreeze=tuple((compile_pattern(p), e) for p, e in (_split(i, "@", "unfreeze") for i in _items(config.unfreeze))),
+            unfreeze=tuple(
+                (compile_pattern(p), e) for p, e in (_split(i, "@", "unfreeze") for i in _items(config.unfreeze))
+            ),
             lr_multipliers=tuple(
-                (compile_pattern(p), m) for p, m in (_split(i, "=", "lr_multipliers") for i in _items(config.lr_multipliers))
+                (compile_pattern(p), m)
+                for p, m in (_split(i, "=", "lr_multipliers") for i in _items(config.lr_multipliers))
             ),
         )
 
@@ -139,7 +143,8 @@ def partitioned_optimizer(
         return lambda step: group.lr_multiplier * schedule(step) * (step >= start_step)
 
     transforms = {
-        name: optax.set_to_zero() if group.frozen else make_base(group_schedule(group)) for name, group in groups.items()
+        name: optax.set_to_zero() if group.frozen else make_base(group_schedule(group))
+        for name, group in groups.items()
     }
     return optax.multi_transform(transforms, labels)
 

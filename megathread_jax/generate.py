@@ -17,7 +17,7 @@ import argparse
 import functools
 import pathlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,9 @@ from megathread_jax.models import gpt2
 MIN_CACHE_LENGTH = 16
 
 
-def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> jax.Array:
+def filter_logits(
+    logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> jax.Array:
     """Logits after temperature, top-k and top-p (nucleus) filtering, in Hugging Face's order;
     removed tokens get -inf. The nucleus is the smallest set of most likely tokens whose
     probabilities reach `top_p`."""
@@ -72,8 +73,24 @@ def _emit(tokens: np.ndarray) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "do_sample", "top_k", "use_top_p", "stream"))
-def _generate_loop(graphdef, state, tokens, slot_mask, prompt_length, max_new_tokens, key, temperature,
-                   top_p, eos_token_id, pad_token_id, *, do_sample, top_k, use_top_p, stream):
+def _generate_loop(
+    graphdef,
+    state,
+    tokens,
+    slot_mask,
+    prompt_length,
+    max_new_tokens,
+    key,
+    temperature,
+    top_p,
+    eos_token_id,
+    pad_token_id,
+    *,
+    do_sample,
+    top_k,
+    use_top_p,
+    stream,
+):
     model = nnx.merge(graphdef, state)
     model.eval()
     batch, slots = tokens.shape
@@ -163,11 +180,21 @@ def generate(
         _stream_sink.append(on_token)
     try:
         out = _generate_loop(
-            graphdef, state, jnp.asarray(tokens), jnp.asarray(slot_mask), jnp.int32(prompt_length),
-            jnp.int32(max_new_tokens), jax.random.key(seed), jnp.float32(temperature),
-            jnp.float32(1.0 if top_p is None else top_p), jnp.int32(-1 if eos_token_id is None else eos_token_id),
-            jnp.int32(pad_token_id), do_sample=do_sample, top_k=top_k if do_sample else None,
-            use_top_p=do_sample and top_p is not None, stream=on_token is not None,
+            graphdef,
+            state,
+            jnp.asarray(tokens),
+            jnp.asarray(slot_mask),
+            jnp.int32(prompt_length),
+            jnp.int32(max_new_tokens),
+            jax.random.key(seed),
+            jnp.float32(temperature),
+            jnp.float32(1.0 if top_p is None else top_p),
+            jnp.int32(-1 if eos_token_id is None else eos_token_id),
+            jnp.int32(pad_token_id),
+            do_sample=do_sample,
+            top_k=top_k if do_sample else None,
+            use_top_p=do_sample and top_p is not None,
+            stream=on_token is not None,
         )
         out = np.asarray(out)  # waits for the loop, and so for every streamed token
     finally:
@@ -183,8 +210,8 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray,
     mask = np.zeros((len(sequences), length), np.int32)
     for row, seq in enumerate(sequences):
         if seq:
-            ids[row, length - len(seq):] = seq
-            mask[row, length - len(seq):] = 1
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = 1
     return ids, mask
 
 
@@ -217,16 +244,23 @@ class _Printer:
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
         if text.startswith(self.printed) and not text.endswith("\ufffd"):
-            print(text[len(self.printed):], end="", flush=True)
+            print(text[len(self.printed) :], end="", flush=True)
             self.printed = text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megathread_jax.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m megathread_jax.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default="gpt2", choices=sorted(gpt2.SIZES),
-                        help="Hugging Face's published weights (downloaded and converted once)")
+    source.add_argument(
+        "--model",
+        default="gpt2",
+        choices=sorted(gpt2.SIZES),
+        help="Hugging Face's published weights (downloaded and converted once)",
+    )
     source.add_argument("--checkpoint", help="a training workdir or a directory written by the converter")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=50)
@@ -256,14 +290,24 @@ def _run_cli(args: argparse.Namespace) -> None:
         weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
         layer = args.attention_layer % model.config.n_layer
         labels = [tokenizer.decode([t]) for t in prompt]
-        path = attention_maps.plot_attention(weights, labels, args.attention_png,
-                                             title=f"{meta['model']} layer {layer}: {args.prompt!r}")
+        path = attention_maps.plot_attention(
+            weights, labels, args.attention_png, title=f"{meta['model']} layer {layer}: {args.prompt!r}"
+        )
         print(f"attention heatmaps: {path}", file=sys.stderr)
     print(args.prompt, end="", flush=True)
     printer = _Printer(tokenizer, tokenizer.eos_token_id)
-    generate(model, np.asarray([prompt]), max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-             eos_token_id=tokenizer.eos_token_id, seed=args.seed, on_token=printer)
+    generate(
+        model,
+        np.asarray([prompt]),
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_token_id=tokenizer.eos_token_id,
+        seed=args.seed,
+        on_token=printer,
+    )
     print()
 
 

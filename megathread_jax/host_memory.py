@@ -131,8 +131,10 @@ class CpuAwareStep:
     def _choose(self, args: tuple) -> Callable:
         import jax
 
-        fits = (jax.default_backend() == "cpu"
-                and largest_array_bytes(self._plain.lower(*args).as_text()) <= STEP_HEAP_BYTES)
+        fits = (
+            jax.default_backend() == "cpu"
+            and largest_array_bytes(self._plain.lower(*args).as_text()) <= STEP_HEAP_BYTES
+        )
         if not (fits and keep_freed_memory()):
             return self._plain
         options = {"xla_multiheap_size_constraint_per_heap": STEP_HEAP_BYTES}

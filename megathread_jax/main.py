@@ -10,8 +10,9 @@ from megathread_jax import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints, metrics and curves; rerun to resume.")
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: file.py:variant.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a variant: file.py:variant.", lock_config=True
+)
 flags.mark_flags_as_required(["config"])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 from tqdm import tqdm

@@ -15,7 +15,7 @@ import json
 import pathlib
 import re
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 
@@ -30,8 +30,10 @@ class ProfileSummary:
     top: list[tuple[str, float, float]]  # (kind, calls per step, ms per step), longest first
 
     def format(self, title: str) -> str:
-        lines = [f"{title}: {self.count_per_step:.0f} {self.unit} per step, {self.busy_ms_per_step:.2f} ms summed",
-                 f"  {'ms/step':>9} {'calls/step':>10}  kind"]
+        lines = [
+            f"{title}: {self.count_per_step:.0f} {self.unit} per step, {self.busy_ms_per_step:.2f} ms summed",
+            f"  {'ms/step':>9} {'calls/step':>10}  kind",
+        ]
         lines += [f"  {ms:9.3f} {calls:10.1f}  {name[:100]}" for name, calls, ms in self.top]
         return "\n".join(lines)
 
@@ -59,8 +61,9 @@ def summarise_jax_trace(events: list[dict], steps: int) -> ProfileSummary:
     ran, beside lines that repeat the same time per HLO op or module; only the streams are counted.
     """
     processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     complete = [e for e in events if e.get("ph") == "X"]
     devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
     if devices:
@@ -97,8 +100,11 @@ def summarise_torch_profile(averages, steps: int, on_gpu: bool) -> ProfileSummar
     if on_gpu:
         kernels = [(a.key, a.count, a.self_device_time_total) for a in averages if a.device_type == DeviceType.CUDA]
         return _summarise("GPU kernels", kernels, steps)
-    operators = [(a.key, a.count, a.self_cpu_time_total) for a in averages
-                 if a.device_type == DeviceType.CPU and a.self_cpu_time_total > 0]
+    operators = [
+        (a.key, a.count, a.self_cpu_time_total)
+        for a in averages
+        if a.device_type == DeviceType.CPU and a.self_cpu_time_total > 0
+    ]
     return _summarise("PyTorch CPU operators", operators, steps)
 
 

@@ -7,7 +7,8 @@ of a model on a batch, evaluation batches and how to sum and summarise them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +93,13 @@ class ImageClassification:
         mean, std = data.NORMALISATIONS[config.data.normalisation]
         d = config.data
         self._train_preprocess = functools.partial(
-            augment.train_preprocess, resolution=d.resolution, crop=d.crop, crop_scale=tuple(d.crop_scale),
-            pad=d.crop_padding, mean=mean, std=std,
+            augment.train_preprocess,
+            resolution=d.resolution,
+            crop=d.crop,
+            crop_scale=tuple(d.crop_scale),
+            pad=d.crop_padding,
+            mean=mean,
+            std=std,
         )
         self._eval_preprocess = functools.partial(augment.eval_preprocess, resolution=d.resolution, mean=mean, std=std)
 
@@ -101,8 +107,9 @@ class ImageClassification:
         return batch_size
 
     def train_batch(self, step: int) -> Batch:
-        idx = data.train_indices(step, num_examples=self.num_train_examples, batch_size=self.config.batch_size,
-                                 seed=self.config.seed)
+        idx = data.train_indices(
+            step, num_examples=self.num_train_examples, batch_size=self.config.batch_size, seed=self.config.seed
+        )
         return {"image": self.dataset.train_images[idx], "label": self.dataset.train_labels[idx]}
 
     def loss(self, model, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -159,16 +166,20 @@ class LanguageModelling:
             raise UserError(f"the validation text of {self.name} has fewer than 2 tokens")
         eos = self.tokenizer.eos_token_id
         self.model_kwargs = {"vocab_size": self.tokenizer.vocab_size, "bos_token_id": eos, "eos_token_id": eos}
-        self.identity = {"vocab_size": self.tokenizer.vocab_size, "tokenizer": self.tokenizer.name,
-                         "data": config.data.name}
+        self.identity = {
+            "vocab_size": self.tokenizer.vocab_size,
+            "tokenizer": self.tokenizer.name,
+            "data": config.data.name,
+        }
         self.weights_meta = {"tokenizer": self.tokenizer.name}
 
     def examples_per_step(self, batch_size: int) -> int:
         return batch_size * self.seq_len
 
     def train_batch(self, step: int) -> Batch:
-        idx = data.train_indices(step, num_examples=self.num_train_examples, batch_size=self.config.batch_size,
-                                 seed=self.config.seed)
+        idx = data.train_indices(
+            step, num_examples=self.num_train_examples, batch_size=self.config.batch_size, seed=self.config.seed
+        )
         return {"tokens": text.train_window(self.dataset.train_tokens, idx, self.seq_len)}
 
     def loss(self, model, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -176,8 +187,9 @@ class LanguageModelling:
         return jnp.mean(losses), {"accuracy": jnp.mean(hits)}
 
     def eval_batches(self) -> Iterator[Batch]:
-        return text.eval_batches(self.dataset.val_tokens, length=self.seq_len, stride=self.stride,
-                                 batch_size=self.config.eval_batch_size)
+        return text.eval_batches(
+            self.dataset.val_tokens, length=self.seq_len, stride=self.stride, batch_size=self.config.eval_batch_size
+        )
 
     def eval_sums(self, model, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         weight = batch["mask"][:, 1:].astype(jnp.float32)
@@ -199,8 +211,14 @@ class LanguageModelling:
         new_tokens = min(self.config.sample_tokens, model.config.n_positions - len(prompt))
         if new_tokens < 1:
             return ""
-        out = generate.generate(model, np.asarray([prompt]), max_new_tokens=new_tokens, do_sample=True,
-                                top_k=self.config.sample_top_k or None, seed=self.config.seed)
+        out = generate.generate(
+            model,
+            np.asarray([prompt]),
+            max_new_tokens=new_tokens,
+            do_sample=True,
+            top_k=self.config.sample_top_k or None,
+            seed=self.config.seed,
+        )
         return f"sample:\n{self.tokenizer.decode(out[0].tolist())}"
 
 

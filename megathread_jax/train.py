@@ -7,7 +7,8 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +77,9 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
         raise UserError(f"cannot build model {config.model.name!r} from config.model: {e}") from None
     if directory:
         head = getattr(model, "classifier_path", None)
-        copied = checkpoints.load_weights_into(model, config.model.name, directory,
-                                               skip_prefixes=(head,) if head else ())
+        copied = checkpoints.load_weights_into(
+            model, config.model.name, directory, skip_prefixes=(head,) if head else ()
+        )
         fresh = f"; fresh {kwargs['num_classes']}-class {head}" if head else ""
         print(f"initialised {copied} arrays from {directory}{fresh}")
     return model
@@ -217,8 +219,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_per_epoch = task.num_train_examples // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     if config.num_epochs and not steps_per_epoch:
-        raise UserError(f"batch size {config.batch_size} is larger than the training set "
-                        f"({task.num_train_examples} examples)")
+        raise UserError(
+            f"batch size {config.batch_size} is larger than the training set ({task.num_train_examples} examples)"
+        )
     mesh = parallel.make_mesh()
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % jax.device_count():
@@ -246,17 +249,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = parallel.replicate(state, mesh)
 
     # -- checkpoints: resume if the workdir has one
-    store = checkpoints.CheckpointStore(workdir, keep=config.keep_checkpoints, best_metric=task.best_metric,
-                                        best_mode=task.best_mode)
+    store = checkpoints.CheckpointStore(
+        workdir, keep=config.keep_checkpoints, best_metric=task.best_metric, best_mode=task.best_mode
+    )
     if store.latest_step() is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = store.restore_latest(abstract)
         print(f"resumed from step {int(state.step)} in {workdir}")
 
     train_step_for = phased_train_steps(
-        model, plan, steps_per_epoch,
-        lambda graphdef: make_train_step(graphdef, tx, task.loss, seed=config.seed,
-                                         skip_nonfinite=config.skip_nonfinite_updates),
+        model,
+        plan,
+        steps_per_epoch,
+        lambda graphdef: make_train_step(
+            graphdef, tx, task.loss, seed=config.seed, skip_nonfinite=config.skip_nonfinite_updates
+        ),
     )
     eval_step = host_memory.jit_step(make_eval_step(eval_graphdef, task.eval_sums))
 
@@ -273,8 +280,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
     stop = StopRequest()
     try:
-        for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", unit="step",
-                         disable=jax.process_index() != 0):
+        for step in tqdm(
+            range(start, total_steps),
+            initial=start,
+            total=total_steps,
+            desc="train",
+            unit="step",
+            disable=jax.process_index() != 0,
+        ):
             batch = parallel.shard_batch(mesh, task.train_batch(step))
             state, metrics = train_step_for(step)(state, batch)
             interval_sums = metrics if interval_sums is None else jax.tree.map(jnp.add, interval_sums, metrics)
@@ -284,8 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             # Read once: a signal arriving later in this iteration is acted on after the next step, so
             # a stop always follows the save of its step.
             stop_signal = stop.signal_name
-            save_now = (end_of_epoch or stop_signal is not None
-                        or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0))
+            save_now = (
+                end_of_epoch
+                or stop_signal is not None
+                or (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0)
+            )
             # Metrics are read (and checked to be finite) before every save, so no NaN state is saved.
             if done % config.log_every_steps == 0 or save_now:
                 means = {k: float(v) / interval_steps for k, v in jax.device_get(interval_sums).items()}
@@ -293,7 +309,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if "skipped_updates" in means:
                     means["skipped_updates"] *= interval_steps  # a count, not a mean
                 elapsed = time.perf_counter() - interval_start
-                means[f"{task.throughput_unit}_per_sec"] = interval_steps * task.examples_per_step(config.batch_size) / elapsed
+                means[f"{task.throughput_unit}_per_sec"] = (
+                    interval_steps * task.examples_per_step(config.batch_size) / elapsed
+                )
                 means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
                 writer.write(done, "train", means)
                 interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
@@ -305,8 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             elif save_now:
                 store.save(done, state)
             if stop_signal:
-                raise UserError(f"stopped by {stop_signal} after step {done}; a checkpoint of that step is "
-                                f"saved in {workdir}. Rerun the same command to resume.")
+                raise UserError(
+                    f"stopped by {stop_signal} after step {done}; a checkpoint of that step is "
+                    f"saved in {workdir}. Rerun the same command to resume."
+                )
     except BaseException:
         store.close()  # saves in flight (all of finite states) complete before the error is reported
         raise

@@ -9,7 +9,7 @@ runs, and leaves the workdir as it was. One test per case:
 | bad JPEG in the zip | test_bad_jpeg |
 | stale or damaged decoded cache | test_stale_cache_is_rebuilt, test_damaged_cache_without_source |
 | workdir of another model or shape | test_workdir_of_another_model |
-| converter given weights of another architecture | tests/convert/test_convert_cli.py::test_gpt2_weights_given_for_an_image_model_are_refused |
+| converter given weights of another architecture | tests/convert/test_convert_cli.py (GPT-2 weights, image model) |
 | interrupted download | test_interrupted_download_leaves_nothing_then_refetches_and_checks |
 | wrong channels or dtype given to a model | test_wrong_channels_or_dtype |
 | disk full while a checkpoint is saved | test_disk_full_while_saving_keeps_the_previous_checkpoint |
@@ -41,8 +41,12 @@ def _tree(directory: pathlib.Path) -> dict[str, bytes]:
 
 
 def _run_on_data(data_dir: pathlib.Path, workdir: pathlib.Path):
-    return run_main("--config=configs/mobilevit.py:scratch_64", f"--workdir={workdir}",
-                    f"--config.data.data_dir={data_dir}", "--config.data.download=False")
+    return run_main(
+        "--config=configs/mobilevit.py:scratch_64",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.download=False",
+    )
 
 
 def _refusal(result, workdir) -> str:
@@ -109,7 +113,7 @@ def test_interrupted_download_leaves_nothing_then_refetches_and_checks(tmp_path,
 
     class Response:
         def __init__(self, cut: bool):
-            self.chunks, self.cut, self.headers = [served[: len(served) // 2], served[len(served) // 2:]], cut, {}
+            self.chunks, self.cut, self.headers = [served[: len(served) // 2], served[len(served) // 2 :]], cut, {}
 
         def read(self, size):
             if not self.chunks:
@@ -146,9 +150,17 @@ def test_wrong_channels_or_dtype():
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    config = config_base.load_config(ROOT / "configs/mobilevit.py:demo", {
-        "num_epochs": 1, "data.train_size": 128, "data.val_size": 64, "batch_size": 32, "eval_batch_size": 32,
-        "checkpoint_every_steps": 2})
+    config = config_base.load_config(
+        ROOT / "configs/mobilevit.py:demo",
+        {
+            "num_epochs": 1,
+            "data.train_size": 128,
+            "data.val_size": 64,
+            "batch_size": 32,
+            "eval_batch_size": 32,
+            "checkpoint_every_steps": 2,
+        },
+    )
     saves = []
     original = train.checkpoints.ocp.CheckpointManager.save
 
@@ -172,7 +184,17 @@ class _RunsCode:
 def test_pickled_code_is_refused_without_running(tmp_path, capsys):
     _RunsCode.marker = str(tmp_path / "the file ran code")
     torch.save({"conv.weight": torch.zeros(1), "payload": _RunsCode()}, tmp_path / "evil.pth")
-    code = convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(tmp_path / "evil.pth"),
-                         "--out", str(tmp_path / "out")])
+    code = convert_main(
+        [
+            "--model",
+            "mobilevit_xxs",
+            "--source",
+            "timm",
+            "--weights",
+            str(tmp_path / "evil.pth"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1 and "refused" in capsys.readouterr().err
     assert not (tmp_path / "the file ran code").exists() and not (tmp_path / "out").exists()

@@ -7,9 +7,14 @@ import pytest
 from megathread_jax import bench
 
 
-@pytest.mark.parametrize("model, reference, rows", [
-    ("mobilevit_xxs", "timm eager", 1), ("mobilenet_v2", "torchvision eager", 1), ("gpt2", "HF", 3),
-])
+@pytest.mark.parametrize(
+    "model, reference, rows",
+    [
+        ("mobilevit_xxs", "timm eager", 1),
+        ("mobilenet_v2", "torchvision eager", 1),
+        ("gpt2", "HF", 3),
+    ],
+)
 def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, reference, rows):
     out = tmp_path / "bench.json"
     bench.main(["--model", model, "--quick", "--json", str(out)])
@@ -36,7 +41,9 @@ def test_quick_input_path_and_end_to_end_rows(tmp_path):
     assert json.loads(out.read_text()) == rows
     input_path, end_to_end = rows
     assert input_path["reference"] == "synthetic on device" and input_path["unit"] == "images/s"
-    assert input_path["ratio"] == pytest.approx(input_path["ours"] / input_path["reference_value"], rel=0.001, abs=0.006)
+    assert input_path["ratio"] == pytest.approx(
+        input_path["ours"] / input_path["reference_value"], rel=0.001, abs=0.006
+    )
     assert end_to_end["unit"] == "s" and end_to_end["ours"] > 0 and end_to_end["ratio"] is None
 
 
@@ -85,13 +92,20 @@ def test_rounds_below_one_are_refused():
 
 
 def test_a_failing_suite_row_is_reported_and_the_rows_after_it_still_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(bench.SUITES, "cpu", [
-        {"model": "mobilenet_v2", "input_path": True},  # refused: the input path is MobileViT-XXS's
-        {"model": "gpt2", "gen_batch_sizes": [], "no_reference": True},
-    ])
+    monkeypatch.setitem(
+        bench.SUITES,
+        "cpu",
+        [
+            {"model": "mobilenet_v2", "input_path": True},  # refused: the input path is MobileViT-XXS's
+            {"model": "gpt2", "gen_batch_sizes": [], "no_reference": True},
+        ],
+    )
     out = tmp_path / "bench.json"
-    with pytest.raises(SystemExit, match=r"1 row\(s\) of the suite failed:\nmobilenet_v2 b4 32px input path: "
-                                         "ValueError: --input-path"):
+    with pytest.raises(
+        SystemExit,
+        match=r"1 row\(s\) of the suite failed:\nmobilenet_v2 b4 32px input path: "
+        "ValueError: --input-path",
+    ):
         bench.main(["--suite", "cpu", "--quick", "--json", str(out)])
     (row,) = json.loads(out.read_text())
     assert row["model"] == "gpt2" and row["ours"] > 0
@@ -99,15 +113,22 @@ def test_a_failing_suite_row_is_reported_and_the_rows_after_it_still_run(tmp_pat
 
 
 def test_only_picks_suite_rows_by_label():
-    rows = bench.main(["--suite", "cpu", "--only", "mobilenet_v2 b64 96px", "--only", "gpt2", "--quick",
-                       "--gen-batch-sizes", ""])
+    rows = bench.main(
+        ["--suite", "cpu", "--only", "mobilenet_v2 b64 96px", "--only", "gpt2", "--quick", "--gen-batch-sizes", ""]
+    )
     assert [row["model"] for row in rows] == ["mobilenet_v2", "gpt2"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--suite", "cpu", "--only", "resnet"], "--only resnet matches no row of the cpu suite: mobilevit_xxs b64 64px train step;"),
-    (["--only", "gpt2"], "--only picks rows of a --suite"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--suite", "cpu", "--only", "resnet"],
+            "--only resnet matches no row of the cpu suite: mobilevit_xxs b64 64px train step;",
+        ),
+        (["--only", "gpt2"], "--only picks rows of a --suite"),
+    ],
+)
 def test_only_refuses_what_it_cannot_pick(capsys, argv, message):
     with pytest.raises(SystemExit):
         bench.main(argv)

@@ -63,7 +63,9 @@ gpt2_config = _load("gpt2")
 def test_every_gpt2_variant_builds(variant):
     config = gpt2_config.get_config(variant)
     assert config.task == "language_modelling" and config.model.name == "gpt2"
-    assert (config.data.name, config.data.tokenizer) == (("pydoc", "bytes") if variant == "demo" else ("hf_dataset", "gpt2"))
+    assert (config.data.name, config.data.tokenizer) == (
+        ("pydoc", "bytes") if variant == "demo" else ("hf_dataset", "gpt2")
+    )
     assert (config.init_from == "") == (variant == "demo")
     assert (config.num_epochs == 0) == (variant == "eval_ppl")
     assert config.data.seq_len <= config.model.get("n_positions", 1024)

@@ -30,17 +30,21 @@ def _run(config, num_steps):
     plan = freezing.FreezePlan.from_config(config)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     plan.check_matches(params)
-    tx = freezing.partitioned_optimizer(plan, params, optax.constant_schedule(0.05), STEPS_PER_EPOCH,
-                                        lambda s: optax.sgd(s, momentum=0.9))
+    tx = freezing.partitioned_optimizer(
+        plan, params, optax.constant_schedule(0.05), STEPS_PER_EPOCH, lambda s: optax.sgd(s, momentum=0.9)
+    )
     state = TrainState(step=np.int32(0), params=params, rest=rest, opt_state=tx.init(params))
-    step_for = phased_train_steps(model, plan, STEPS_PER_EPOCH,
-                                  lambda g: make_train_step(g, tx, classification_loss_fn(), seed=0))
+    step_for = phased_train_steps(
+        model, plan, STEPS_PER_EPOCH, lambda g: make_train_step(g, tx, classification_loss_fn(), seed=0)
+    )
     rng = np.random.default_rng(0)
     history = [{**_flat(state.params), **_flat(nnx.state(state.rest, nnx.BatchStat))}]
     for step in range(num_steps):
         batch = {"image": rng.random((8, 32, 32, 3), np.float32), "label": rng.integers(0, 10, 8).astype(np.int32)}
         state, _ = step_for(step)(state, batch)
-        history.append({**_flat(jax.device_get(state.params)), **_flat(nnx.state(jax.device_get(state.rest), nnx.BatchStat))})
+        history.append(
+            {**_flat(jax.device_get(state.params)), **_flat(nnx.state(jax.device_get(state.rest), nnx.BatchStat))}
+        )
     return history
 
 

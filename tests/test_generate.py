@@ -9,7 +9,16 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from megathread_jax import convert, generate, models
 
-CONFIG = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=128, bos_token_id=499, eos_token_id=499, initializer_range=0.3)
+CONFIG = dict(
+    n_layer=2,
+    n_embd=64,
+    n_head=4,
+    vocab_size=500,
+    n_positions=128,
+    bos_token_id=499,
+    eos_token_id=499,
+    initializer_range=0.3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +40,16 @@ def test_greedy_matches_hugging_face_for_prompts_of_different_lengths(pair):
     ours = generate.generate(model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0)
     with torch.no_grad():
         theirs = reference.generate(
-            torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(), max_new_tokens=32,
-            do_sample=False, eos_token_id=499, pad_token_id=0,
+            torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            max_new_tokens=32,
+            do_sample=False,
+            eos_token_id=499,
+            pad_token_id=0,
         ).numpy()
     assert ours.shape == (3, 12 + 32)
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
-    assert (ours[:, theirs.shape[1]:] == 0).all()  # HF stops early when every row ended: padding
+    assert (ours[:, theirs.shape[1] :] == 0).all()  # HF stops early when every row ended: padding
 
 
 def test_eos_stops_a_row_and_pads_after_it(pair):
@@ -47,7 +60,7 @@ def test_eos_stops_a_row_and_pads_after_it(pair):
     out = generate.generate(model, ids, attention_mask=mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=7)
     first_eos = 12 + int(np.argmax(greedy[0, 12:] == eos))
     np.testing.assert_array_equal(out[0, : first_eos + 1], greedy[0, : first_eos + 1])
-    assert (out[0, first_eos + 1:] == 7).all()
+    assert (out[0, first_eos + 1 :] == 7).all()
 
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(pair):

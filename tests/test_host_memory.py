@@ -100,15 +100,19 @@ print(step.keeps_buffers)
 
 def _temp_allocation_sizes(buffer_assignment: pathlib.Path) -> list[int]:
     lines = buffer_assignment.read_text().splitlines()
-    return [int(m.group(1)) for line in lines if (m := re.match(r"allocation \d+: size (\d+), preallocated-temp", line))]
+    return [
+        int(m.group(1)) for line in lines if (m := re.match(r"allocation \d+: size (\d+), preallocated-temp", line))
+    ]
 
 
 @pytest.mark.skipif(not GLIBC, reason="the split temporaries go with glibc's malloc settings")
 def test_step_temporaries_come_in_allocations_malloc_can_keep(tmp_path):
     out = _run_python(TEMP_ALLOCATIONS, XLA_FLAGS=f"--xla_dump_to={tmp_path}", JAX_PLATFORMS="cpu")
     assert out.split() == ["True"]
-    default, kept = (_temp_allocation_sizes(path) for path in
-                     sorted(tmp_path.glob("*jit_temporaries*after_optimizations-buffer-assignment.txt")))
+    default, kept = (
+        _temp_allocation_sizes(path)
+        for path in sorted(tmp_path.glob("*jit_temporaries*after_optimizations-buffer-assignment.txt"))
+    )
     assert len(default) == 1 and default[0] > host_memory.STEP_HEAP_BYTES
     assert len(kept) > 1 and max(kept) <= host_memory.STEP_HEAP_BYTES
     assert sum(kept) >= default[0]
@@ -124,5 +128,6 @@ def test_a_step_with_an_array_too_large_to_keep_compiles_as_it_is():
 
 def test_largest_array_read_from_the_lowered_module():
     lowered = jax.jit(lambda x, y: x.astype(jnp.bfloat16) @ y).lower(
-        jnp.ones((64, 32), jnp.float32), jnp.ones((32, 3000), jnp.bfloat16))
+        jnp.ones((64, 32), jnp.float32), jnp.ones((32, 3000), jnp.bfloat16)
+    )
     assert host_memory.largest_array_bytes(lowered.as_text()) == 64 * 3000 * 2

@@ -14,8 +14,16 @@ from tests.test_main import ROOT, TINY_DEMO
 
 # SGD: Adam divides near-zero gradients by their own size and so turns the float noise of a different
 # reduction order into learning-rate-sized steps.
-COMMAND = [sys.executable, "-m", "megathread_jax.main", "--config=configs/mobilevit.py:demo", *TINY_DEMO,
-           "--config.optim.name=sgd", "--config.optim.momentum=0.9", "--config.optim.learning_rate=0.05"]
+COMMAND = [
+    sys.executable,
+    "-m",
+    "megathread_jax.main",
+    "--config=configs/mobilevit.py:demo",
+    *TINY_DEMO,
+    "--config.optim.name=sgd",
+    "--config.optim.momentum=0.9",
+    "--config.optim.learning_rate=0.05",
+]
 
 
 def _free_port() -> int:
@@ -28,9 +36,18 @@ def test_two_processes_train_like_one(tmp_path):
     address = f"localhost:{_free_port()}"
     processes = [
         subprocess.Popen(
-            [*COMMAND, f"--workdir={tmp_path / 'two'}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": address,
-                            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)},
+            [*COMMAND, f"--workdir={tmp_path / 'two'}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "JAX_COORDINATOR_ADDRESS": address,
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
         )
         for i in range(2)
     ]
@@ -39,18 +56,26 @@ def test_two_processes_train_like_one(tmp_path):
     assert "on 2 cpu device(s)" in outputs[0]
     assert "final weights" in outputs[0] and "final weights" not in outputs[1]  # process 0 reports
 
-    single = subprocess.run([*COMMAND, f"--workdir={tmp_path / 'one'}"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    single = subprocess.run(
+        [*COMMAND, f"--workdir={tmp_path / 'one'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
 
     two_weights, one_weights = flat_weights(tmp_path / "two" / "weights"), flat_weights(tmp_path / "one" / "weights")
     assert two_weights.keys() == one_weights.keys()
     for key, value in two_weights.items():
         np.testing.assert_allclose(value, one_weights[key], rtol=1e-4, atol=1e-5, err_msg=key)
-    two, one = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-                for run in ("two", "one"))
+    two, one = (
+        [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("two", "one")
+    )
     assert [(r["split"], r["step"]) for r in two] == [("train", 2), ("train", 4), ("val", 4)]  # once each
     assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
-    for a, b in zip(two, one):
+    for a, b in zip(two, one, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4"]

@@ -9,8 +9,10 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-OWN_DEFINITIONS = re.compile(r"class \w+\(.*(nnx\.Module|nn\.Module)|def (train_step|train_loop|from_torch|to_torch)\b"
-                             r"|jax\.value_and_grad|nnx\.value_and_grad|optax\.\w+\(")
+OWN_DEFINITIONS = re.compile(
+    r"class \w+\(.*(nnx\.Module|nn\.Module)|def (train_step|train_loop|from_torch|to_torch)\b"
+    r"|jax\.value_and_grad|nnx\.value_and_grad|optax\.\w+\("
+)
 
 
 def test_the_three_notebooks_exist():

@@ -13,16 +13,21 @@ def _events(pid, tid, names, dur, **args):
 
 def _names(pid, process, threads):
     meta = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": process}}]
-    return meta + [{"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
-                   for tid, name in threads.items()]
+    return meta + [
+        {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
+        for tid, name in threads.items()
+    ]
 
 
 def test_gpu_trace_counts_the_kernels_on_the_streams_only():
-    events = (_names(1, "/host:CPU", {1: "python"}) + _events(1, 1, ["PjitFunction(train_step)"] * 2, 900.0)
-              + _names(7, "/device:GPU:0", {1: "Stream #13(Compute)", 2: "XLA Ops"})
-              # two steps: per step two fusions of one kind, one gemm
-              + _events(7, 1, ["loop_add_fusion.1", "loop_add_fusion.2", "gemm_fusion"] * 2, 10.0)
-              + _events(7, 2, ["add.1", "dot.3"] * 2, 500.0))
+    events = (
+        _names(1, "/host:CPU", {1: "python"})
+        + _events(1, 1, ["PjitFunction(train_step)"] * 2, 900.0)
+        + _names(7, "/device:GPU:0", {1: "Stream #13(Compute)", 2: "XLA Ops"})
+        # two steps: per step two fusions of one kind, one gemm
+        + _events(7, 1, ["loop_add_fusion.1", "loop_add_fusion.2", "gemm_fusion"] * 2, 10.0)
+        + _events(7, 2, ["add.1", "dot.3"] * 2, 500.0)
+    )
     summary = profiling.summarise_jax_trace(events, steps=2)
     assert summary.unit == "GPU kernels"
     assert summary.count_per_step == 3
@@ -31,10 +36,12 @@ def test_gpu_trace_counts_the_kernels_on_the_streams_only():
 
 
 def test_cpu_trace_counts_the_thunks_that_name_an_hlo_op():
-    events = (_names(1, "/host:CPU", {1: "python", 2: "worker"})
-              + _events(1, 1, ["PjitFunction(train_step)", "$profiler.py:151 start_trace"], 5000.0)
-              + _events(1, 2, ["ThunkExecutor::Execute"], 4000.0)
-              + _events(1, 2, ["ynn_fusion.3", "ynn_fusion.12", "copy.5"], 1000.0, hlo_op="x", hlo_module="jit_step"))
+    events = (
+        _names(1, "/host:CPU", {1: "python", 2: "worker"})
+        + _events(1, 1, ["PjitFunction(train_step)", "$profiler.py:151 start_trace"], 5000.0)
+        + _events(1, 2, ["ThunkExecutor::Execute"], 4000.0)
+        + _events(1, 2, ["ynn_fusion.3", "ynn_fusion.12", "copy.5"], 1000.0, hlo_op="x", hlo_module="jit_step")
+    )
     summary = profiling.summarise_jax_trace(events, steps=1)
     assert (summary.unit, summary.count_per_step, summary.busy_ms_per_step) == ("XLA:CPU thunks", 3, 3.0)
     assert [name for name, _, _ in summary.top] == ["ynn_fusion", "copy"]

@@ -13,14 +13,24 @@ import numpy as np
 from tests.conftest import flat_weights
 from tests.test_main import ROOT, TINY_DEMO, run_main
 
-RUN = ["--config=configs/mobilevit.py:demo", *TINY_DEMO, "--config.num_epochs=3", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=2"]  # 12 steps, a checkpoint every 2
+RUN = [
+    "--config=configs/mobilevit.py:demo",
+    *TINY_DEMO,
+    "--config.num_epochs=3",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2",
+]  # 12 steps, a checkpoint every 2
 
 
 def _start(workdir) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "megathread_jax.main", *RUN, f"--workdir={workdir}"], cwd=ROOT,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "megathread_jax.main", *RUN, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_step(process: subprocess.Popen, workdir, step: int) -> None:
@@ -71,8 +81,14 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
     assert _final_val(run) == _final_val(tmp_path / "a")
 
 
-NAN_RUN = ["--config=configs/mobilevit.py:demo", *TINY_DEMO, "--config.log_every_steps=1",
-           "--config.checkpoint_every_steps=2", "--config.optim.learning_rate=1e30", "--config.optim.grad_clip_norm=0"]
+NAN_RUN = [
+    "--config=configs/mobilevit.py:demo",
+    *TINY_DEMO,
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2",
+    "--config.optim.learning_rate=1e30",
+    "--config.optim.grad_clip_norm=0",
+]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -86,7 +102,10 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_non_finite_updates_can_be_skipped(tmp_path):
     result = run_main(*NAN_RUN, "--config.skip_nonfinite_updates=True", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
-    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
+    train = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "train"
+    ]
     assert sum(r["skipped_updates"] for r in train) >= 1
     assert all(np.isfinite(v).all() for v in flat_weights(tmp_path / "weights").values())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -79,7 +80,9 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
     try:
         return family.fetch(name, source, tag)
     except ImportError as e:
-        raise RuntimeError(f"fetching {source} weights needs PyTorch and {source}: pip install 'megathread_jax[torch]'") from e
+        raise RuntimeError(
+            f"fetching {source} weights needs PyTorch and {source}: pip install 'megathread_jax[torch]'"
+        ) from e
     except Exception as e:  # offline: hub and socket errors come in many types
         raise RuntimeError(
             f"could not download the {source} weights of {name} ({type(e).__name__}: {e}).\n"

@@ -54,14 +54,23 @@ def _to_torch(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megathread_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m megathread_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True, choices=models.names())
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)")
-    direction.add_argument("--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)")
+    direction.add_argument(
+        "--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)"
+    )
+    direction.add_argument(
+        "--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)"
+    )
     parser.add_argument("--weights", help="local .pt/.pth/.bin/.safetensors state_dict (with --source)")
-    parser.add_argument("--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision, gpt2-medium for GPT-2)")
+    parser.add_argument(
+        "--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision, gpt2-medium for GPT-2)"
+    )
     parser.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's)")
     parser.add_argument("--n-head", type=int, help="GPT-2 head count, for widths that are not a published size")
     parser.add_argument("--from-flax", help="directory written by this tool (with --target)")

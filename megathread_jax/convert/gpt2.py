@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,9 @@ def hf_to_tree(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     tree = {key: value for key, value in arrays.items() if not _BUFFERS.search(key)}
     head = tree.pop("lm_head.weight", None)
     if head is not None and _WTE in tree and not np.array_equal(head, tree[_WTE]):
-        raise WeightMismatchError("lm_head.weight differs from transformer.wte.weight; only tied GPT-2 heads are supported")
+        raise WeightMismatchError(
+            "lm_head.weight differs from transformer.wte.weight; only tied GPT-2 heads are supported"
+        )
     return tree
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,14 @@ _TIMM_TOP_LEVEL = (
 )
 # Inside a block: the first stage has no expansion conv.
 _TIMM_FIRST_BLOCK = {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"}
-_TIMM_BLOCK = {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
-               "conv_pwl": "conv.2", "bn3": "conv.3"}
+_TIMM_BLOCK = {
+    "conv_pw": "conv.0.0",
+    "bn1": "conv.0.1",
+    "conv_dw": "conv.1.0",
+    "bn2": "conv.1.1",
+    "conv_pwl": "conv.2",
+    "bn3": "conv.3",
+}
 
 
 def _timm_key_to_torchvision(key: str) -> str:
@@ -48,13 +55,20 @@ def timm_to_torchvision(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _torchvision_to_timm_modules() -> dict[str, str]:
-    names = {"features.0.0": "conv_stem", "features.0.1": "bn1", f"features.{_LAST_FEATURE}.0": "conv_head",
-             f"features.{_LAST_FEATURE}.1": "bn2", "classifier.1": "classifier"}
+    names = {
+        "features.0.0": "conv_stem",
+        "features.0.1": "bn1",
+        f"features.{_LAST_FEATURE}.0": "conv_head",
+        f"features.{_LAST_FEATURE}.1": "bn2",
+        "classifier.1": "classifier",
+    }
     for stage, (_, _, repeats, _) in enumerate(INVERTED_RESIDUAL_SETTING):
         layers = _TIMM_FIRST_BLOCK if stage == 0 else _TIMM_BLOCK
         for block in range(repeats):
             for timm_layer, tv_layer in layers.items():
-                names[f"features.{_FIRST_FEATURE_OF_STAGE[stage] + block}.{tv_layer}"] = f"blocks.{stage}.{block}.{timm_layer}"
+                names[f"features.{_FIRST_FEATURE_OF_STAGE[stage] + block}.{tv_layer}"] = (
+                    f"blocks.{stage}.{block}.{timm_layer}"
+                )
     return names
 
 

@@ -7,7 +7,8 @@ that convention (the timm weights take RGB).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -9,7 +9,8 @@ torch key must be used; otherwise a `WeightMismatchError` names the keys.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

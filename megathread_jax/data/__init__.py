@@ -42,8 +42,14 @@ def load(data_config) -> ImageDataset:
         size = data_config.image_size
         train = demo.make_shapes(data_config.train_size, size, seed=0)
         val = demo.make_shapes(data_config.val_size, size, seed=1)
-        return ImageDataset("demo_shapes (built-in procedural data)", *train, *val,
-                            num_classes=len(demo.CLASS_NAMES), is_builtin_demo=True, class_names=demo.CLASS_NAMES)
+        return ImageDataset(
+            "demo_shapes (built-in procedural data)",
+            *train,
+            *val,
+            num_classes=len(demo.CLASS_NAMES),
+            is_builtin_demo=True,
+            class_names=demo.CLASS_NAMES,
+        )
     if data_config.name == "synthetic":
         return _synthetic(data_config)
     raise UserError(
@@ -59,8 +65,13 @@ def _synthetic(data_config) -> ImageDataset:
     def split(n):
         return rng.integers(0, 256, (n, size, size, 3), np.uint8), rng.integers(0, num_classes, n).astype(np.int32)
 
-    return ImageDataset("synthetic (random pixels, for timing)", *split(data_config.train_size),
-                        *split(data_config.val_size), num_classes=num_classes, is_builtin_demo=True)
+    return ImageDataset(
+        "synthetic (random pixels, for timing)",
+        *split(data_config.train_size),
+        *split(data_config.val_size),
+        num_classes=num_classes,
+        is_builtin_demo=True,
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -146,8 +146,15 @@ def load(data_config) -> TextDataset:
     description, train_text, val_text = _split_texts(data_config)
     tokenizer = get_tokenizer(data_config.tokenizer)
     key = hashlib.sha256(
-        "\0".join([description, tokenizer.name, str(len(train_text)), str(len(val_text)),
-                   hashlib.sha256((train_text + val_text).encode()).hexdigest()]).encode()
+        "\0".join(
+            [
+                description,
+                tokenizer.name,
+                str(len(train_text)),
+                str(len(val_text)),
+                hashlib.sha256((train_text + val_text).encode()).hexdigest(),
+            ]
+        ).encode()
     ).hexdigest()[:16]
     directory = pathlib.Path(data_config.cache_dir).expanduser() / key
     arrays = cache.load_arrays(directory, ("train_tokens", "val_tokens"))
@@ -156,8 +163,13 @@ def load(data_config) -> TextDataset:
         cache.save_arrays(directory, arrays)
     if data_config.max_train_tokens:
         arrays["train_tokens"] = arrays["train_tokens"][: data_config.max_train_tokens]
-    return TextDataset(f"{description} ({tokenizer.name} tokens)", arrays["train_tokens"], arrays["val_tokens"],
-                       tokenizer, is_builtin_demo=data_config.name == "pydoc")
+    return TextDataset(
+        f"{description} ({tokenizer.name} tokens)",
+        arrays["train_tokens"],
+        arrays["val_tokens"],
+        tokenizer,
+        is_builtin_demo=data_config.name == "pydoc",
+    )
 
 
 def train_window(tokens: np.ndarray, indices: np.ndarray, length: int) -> np.ndarray:

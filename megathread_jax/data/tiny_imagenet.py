@@ -14,6 +14,7 @@ import os
 import pathlib
 import urllib.request
 import zipfile
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -58,8 +59,11 @@ class _Source:
     def list_dir(self, rel: str) -> list[str]:
         if self._zip is not None:
             prefix = f"{ROOT}/{rel.rstrip('/')}/"
-            return sorted(n[len(prefix):] for n in self._names if n.startswith(prefix) and not n.endswith("/")
-                          and "/" not in n[len(prefix):])
+            return sorted(
+                n[len(prefix) :]
+                for n in self._names
+                if n.startswith(prefix) and not n.endswith("/") and "/" not in n[len(prefix) :]
+            )
         folder = self.path / rel
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
@@ -116,8 +120,10 @@ def find_source(data_dir: pathlib.Path) -> pathlib.Path | None:
     """The zip or extracted folder under `data_dir` (or `data_dir` itself), if present."""
     zip_path = data_dir / ZIP_NAME
     if zip_path.is_file() and not zipfile.is_zipfile(zip_path):
-        raise DataNotFoundError(f"{zip_path} is not a complete zip ({zip_path.stat().st_size:,} of "
-                                f"{ZIP_BYTES:,} bytes: truncated or damaged); {_REPLACE_ZIP}")
+        raise DataNotFoundError(
+            f"{zip_path} is not a complete zip ({zip_path.stat().st_size:,} of "
+            f"{ZIP_BYTES:,} bytes: truncated or damaged); {_REPLACE_ZIP}"
+        )
     for candidate in (data_dir / ZIP_NAME, data_dir / ROOT, data_dir):
         if candidate.is_file() and zipfile.is_zipfile(candidate):
             return candidate

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -14,9 +15,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 def _mobilevit_factory(arch_name: str) -> Callable[..., nnx.Module]:
     def build(*, num_classes: int, rngs: nnx.Rngs, dtype: str = "float32", **kwargs: Any) -> nnx.Module:
-        return mobilevit.MobileViT(
-            mobilevit.ARCHS[arch_name], num_classes, dtype=_DTYPES[dtype], rngs=rngs, **kwargs
-        )
+        return mobilevit.MobileViT(mobilevit.ARCHS[arch_name], num_classes, dtype=_DTYPES[dtype], rngs=rngs, **kwargs)
 
     return build
 

@@ -58,7 +58,9 @@ class GPT2Config:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.activation_function not in _ACTIVATIONS:
-            raise ValueError(f"activation_function {self.activation_function!r} not supported; use one of {list(_ACTIVATIONS)}")
+            raise ValueError(
+                f"activation_function {self.activation_function!r} not supported; use one of {list(_ACTIVATIONS)}"
+            )
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not supported; use one of {list(_DTYPES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -146,7 +148,11 @@ class GPT2Attention(nnx.Module):
         self.resid_dropout = nnx.Dropout(config.resid_pdrop, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None, cache: dict | None, cache_index: jax.Array | None,
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        cache: dict | None,
+        cache_index: jax.Array | None,
         output_attentions: bool,
     ) -> tuple[jax.Array, dict | None, jax.Array | None]:
         b, t, d = x.shape
@@ -159,8 +165,9 @@ class GPT2Attention(nnx.Module):
         dropout_active = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
         if self.implementation == "cudnn" and mask is None and not (output_attentions or dropout_active):
             # The fused cuDNN kernel serves the plain causal case (training).
-            out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True,
-                                               implementation="cudnn")
+            out = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True, implementation="cudnn"
+            )
             weights = None
         else:
             out, weights = self._explicit_attention(q, k, v, mask)
@@ -186,7 +193,9 @@ class GPT2MLP(nnx.Module):
         inner = config.n_inner or 4 * d
         dtype = config.compute_dtype
         self.c_fc = Conv1D(d, inner, std=config.initializer_range, dtype=dtype, rngs=rngs)
-        self.c_proj = Conv1D(inner, d, std=config.initializer_range / (2 * config.n_layer) ** 0.5, dtype=dtype, rngs=rngs)
+        self.c_proj = Conv1D(
+            inner, d, std=config.initializer_range / (2 * config.n_layer) ** 0.5, dtype=dtype, rngs=rngs
+        )
         self.act = _ACTIVATIONS[config.activation_function]
         self.dropout = nnx.Dropout(config.resid_pdrop, rngs=rngs)
 
@@ -203,7 +212,9 @@ class GPT2Block(nnx.Module):
         self.mlp = GPT2MLP(config, rngs=rngs)
 
     def __call__(self, x, mask, cache, cache_index, output_attentions):
-        attn_out, cache, weights = self.attn(_normed(self.ln_1, x, self.dtype), mask, cache, cache_index, output_attentions)
+        attn_out, cache, weights = self.attn(
+            _normed(self.ln_1, x, self.dtype), mask, cache, cache_index, output_attentions
+        )
         x = x + attn_out
         x = x + self.mlp(_normed(self.ln_2, x, self.dtype))
         return x, cache, weights
@@ -215,7 +226,9 @@ class GPT2Model(nnx.Module):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
         std = config.initializer_range
         self.config = config
-        self.wte = Embedding(config.vocab_size, config.n_embd, pad_multiple=config.vocab_pad_multiple, std=std, rngs=rngs)
+        self.wte = Embedding(
+            config.vocab_size, config.n_embd, pad_multiple=config.vocab_pad_multiple, std=std, rngs=rngs
+        )
         self.wpe = Embedding(config.n_positions, config.n_embd, std=std, rngs=rngs)
         self.drop = nnx.Dropout(config.embd_pdrop, rngs=rngs)
         self.h = nnx.List([GPT2Block(config, rngs=rngs) for _ in range(config.n_layer)])
@@ -258,7 +271,9 @@ class GPT2LMHeadModel(nnx.Module):
 
     def _check_length(self, input_ids: jax.Array) -> int:
         if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-            raise ValueError(f"GPT-2 expects integer token ids of shape (batch, length), got {input_ids.dtype} {input_ids.shape}")
+            raise ValueError(
+                f"GPT-2 expects integer token ids of shape (batch, length), got {input_ids.dtype} {input_ids.shape}"
+            )
         if input_ids.shape[1] > self.config.n_positions:
             raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's {self.config.n_positions} positions")
         return input_ids.shape[1]
@@ -277,21 +292,27 @@ class GPT2LMHeadModel(nnx.Module):
         t = self._check_length(input_ids)
         if position_ids is None:
             position_ids = jnp.arange(t)[None]
-        hidden, _, _ = self.transformer(input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, False)
+        hidden, _, _ = self.transformer(
+            input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, False
+        )
         return self._logits(hidden)
 
     def attention_weights(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Softmax attention weights of every layer and head, (n_layer, B, n_head, T, T), float32."""
         t = self._check_length(input_ids)
         position_ids = jnp.arange(t)[None]
-        _, _, weights = self.transformer(input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, True)
+        _, _, weights = self.transformer(
+            input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, True
+        )
         return jnp.stack(weights)
 
     def init_cache(self, batch_size: int, length: int) -> list[dict[str, jax.Array]]:
         """An empty key/value cache of `length` slots per layer."""
         c = self.config
         shape = (batch_size, length, c.n_head, c.n_embd // c.n_head)
-        return [{"k": jnp.zeros(shape, c.compute_dtype), "v": jnp.zeros(shape, c.compute_dtype)} for _ in range(c.n_layer)]
+        return [
+            {"k": jnp.zeros(shape, c.compute_dtype), "v": jnp.zeros(shape, c.compute_dtype)} for _ in range(c.n_layer)
+        ]
 
     def decode(
         self,

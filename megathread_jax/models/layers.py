@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +56,7 @@ class Conv2d(nnx.Module):
         fan_out = out_features // groups * kernel_size * kernel_size
         kernel_shape = (kernel_size, kernel_size, in_features // groups, out_features)
         # He (fan-out) normal, as timm and torchvision initialise convolutions.
-        self.kernel = nnx.Param(
-            jax.random.normal(rngs.params(), kernel_shape, jnp.float32) * (2.0 / fan_out) ** 0.5
-        )
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), kernel_shape, jnp.float32) * (2.0 / fan_out) ** 0.5)
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
 
     def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -70,7 +68,9 @@ class Conv2d(nnx.Module):
             # input and its window columns (fwd+bwd of MobileViT's 2x48-channel fusion at 8x8 on a
             # 2-core CPU: 16.4 -> 9.9 ms).
             part_kernels = jnp.split(kernel, np.cumsum([part.shape[-1] for part in parts])[:-1], axis=2)
-            ys = [conv_as_matmul(part, k, self.stride, self.padding) for part, k in zip(parts, part_kernels)]
+            ys = [
+                conv_as_matmul(part, k, self.stride, self.padding) for part, k in zip(parts, part_kernels, strict=True)
+            ]
             y = sum(ys[1:], ys[0])
         else:
             x = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
@@ -101,7 +101,10 @@ def _windows(xp: jax.Array, kh: int, kw: int, out_h: int, out_w: int, stride: in
     for i in range(kh):
         for j in range(kw):
             yield jax.lax.slice(
-                xp, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c), (1, stride, stride, 1)
+                xp,
+                (0, i, j, 0),
+                (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                (1, stride, stride, 1),
             )
 
 
@@ -180,9 +183,7 @@ depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
 _KERNEL_GRAD_CHUNK_BYTES = 1 << 20
 
 
-def _depthwise_kernel_grad(
-    x: jax.Array, grad: jax.Array, kh: int, kw: int, stride: int, padding: int
-) -> jax.Array:
+def _depthwise_kernel_grad(x: jax.Array, grad: jax.Array, kh: int, kw: int, stride: int, padding: int) -> jax.Array:
     """`(kh*kw, C)`: the sum over batch and positions of each window of padded `x` times `grad`."""
     n, out_h, out_w, c = grad.shape
     per_example = x[0].size * x.dtype.itemsize

@@ -34,11 +34,21 @@ class ConvBNReLU6(nnx.List):
     """torchvision's Conv2dNormActivation: children 0 (conv) and 1 (batch norm), then ReLU6."""
 
     def __init__(self, in_features, out_features, kernel_size, *, stride=1, groups=1, dtype, conv_impl, rngs):
-        super().__init__([
-            Conv2d(in_features, out_features, kernel_size, stride=stride, groups=groups, dtype=dtype,
-                   conv_impl=conv_impl, rngs=rngs),
-            BatchNorm(out_features),
-        ])
+        super().__init__(
+            [
+                Conv2d(
+                    in_features,
+                    out_features,
+                    kernel_size,
+                    stride=stride,
+                    groups=groups,
+                    dtype=dtype,
+                    conv_impl=conv_impl,
+                    rngs=rngs,
+                ),
+                BatchNorm(out_features),
+            ]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self[1](self[0](x), jax.nn.relu6)
@@ -91,14 +101,18 @@ class MobileNetV2(nnx.Module):
         for expansion, channels, repeats, stride in INVERTED_RESIDUAL_SETTING:
             out_features = make_divisible(channels * width_mult)
             for i in range(repeats):
-                features.append(InvertedResidual(in_features, out_features, stride if i == 0 else 1, expansion, **common))
+                features.append(
+                    InvertedResidual(in_features, out_features, stride if i == 0 else 1, expansion, **common)
+                )
                 in_features = out_features
         features.append(ConvBNReLU6(in_features, last_features, 1, **common))
         self.features = nnx.List(features)
-        self.classifier = nnx.List([
-            nnx.Dropout(drop_rate, rngs=rngs),
-            torch_linear(last_features, num_classes, dtype=dtype, rngs=rngs),
-        ])
+        self.classifier = nnx.List(
+            [
+                nnx.Dropout(drop_rate, rngs=rngs),
+                torch_linear(last_features, num_classes, dtype=dtype, rngs=rngs),
+            ]
+        )
 
     def shape_kwargs(self) -> dict[str, float]:
         """The `models.create` kwargs that rebuild a model of this shape."""
@@ -108,7 +122,9 @@ class MobileNetV2(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileNetV2 expects NHWC images with 3 channels, got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"MobileNetV2 expects normalised float images, got {x.dtype} (preprocess uint8 pixels first)")
+            raise ValueError(
+                f"MobileNetV2 expects normalised float images, got {x.dtype} (preprocess uint8 pixels first)"
+            )
         for layer in self.features:
             x = layer(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -222,7 +222,9 @@ class MobileViT(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileViT expects NHWC images with 3 channels, got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"MobileViT expects normalised float images, got {x.dtype} (preprocess uint8 pixels first)")
+            raise ValueError(
+                f"MobileViT expects normalised float images, got {x.dtype} (preprocess uint8 pixels first)"
+            )
         x = self.stem(x)
         for stage in self.stages:
             for block in stage:

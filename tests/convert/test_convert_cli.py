@@ -21,15 +21,18 @@ def timm_weights(tmp_path_factory):
 def test_cli_writes_weights_the_trainer_loads(timm_weights, tmp_path):
     reference, path = timm_weights
     out = tmp_path / "flax"
-    assert convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(path), "--out", str(out)]) == 0
+    assert (
+        convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(path), "--out", str(out)]) == 0
+    )
     # The trainer's path: a fresh 200-class model takes every array but the head.
     model = models.create("mobilevit_xxs", num_classes=200, seed=3)
     head_before = np.asarray(model.head.fc.kernel[...]).copy()
     copied = checkpoints.load_weights_into(model, "mobilevit_xxs", out, skip_prefixes=("head.fc",))
     assert copied == len(reference.state_dict()) - 32 - 2  # minus num_batches_tracked and the head
     np.testing.assert_array_equal(np.asarray(model.head.fc.kernel[...]), head_before)
-    np.testing.assert_array_equal(np.asarray(model.stem.conv.kernel[...]),
-                                  reference.stem.conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        np.asarray(model.stem.conv.kernel[...]), reference.stem.conv.weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
     # The whole model, head included, reproduces timm.
     full = models.create("mobilevit_xxs", num_classes=1000)
     checkpoints.load_weights_into(full, "mobilevit_xxs", out)
@@ -43,8 +46,14 @@ def test_cli_writes_weights_the_trainer_loads(timm_weights, tmp_path):
 def test_cli_back_to_torch(timm_weights, tmp_path):
     reference, path = timm_weights
     flax_dir, out = tmp_path / "flax", tmp_path / "back.safetensors"
-    assert convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(path), "--out", str(flax_dir)]) == 0
-    assert convert_main(["--model", "mobilevit_xxs", "--target", "timm", "--from-flax", str(flax_dir), "--out", str(out)]) == 0
+    assert (
+        convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(path), "--out", str(flax_dir)])
+        == 0
+    )
+    assert (
+        convert_main(["--model", "mobilevit_xxs", "--target", "timm", "--from-flax", str(flax_dir), "--out", str(out)])
+        == 0
+    )
     from safetensors.torch import load_file
 
     back = load_file(str(out))
@@ -70,8 +79,18 @@ def test_missing_and_unexpected_keys_are_named():
 
 
 def test_cli_reports_a_missing_file_without_traceback(tmp_path, capsys):
-    code = convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(tmp_path / "nope.pth"),
-                         "--out", str(tmp_path / "out")])
+    code = convert_main(
+        [
+            "--model",
+            "mobilevit_xxs",
+            "--source",
+            "timm",
+            "--weights",
+            str(tmp_path / "nope.pth"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert "does not exist" in capsys.readouterr().err
 
@@ -97,12 +116,28 @@ def test_gpt2_cli_round_trip_through_a_flax_directory(tmp_path):
     from safetensors.torch import load_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    reference = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32,
-                                           bos_token_id=299, eos_token_id=299))
+    reference = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, bos_token_id=299, eos_token_id=299)
+    )
     torch.save(reference.state_dict(), tmp_path / "gpt2.pth")
     flax_dir = tmp_path / "flax"
-    assert convert_main(["--model", "gpt2", "--source", "hf", "--weights", str(tmp_path / "gpt2.pth"),
-                         "--n-head", "4", "--out", str(flax_dir)]) == 0
+    assert (
+        convert_main(
+            [
+                "--model",
+                "gpt2",
+                "--source",
+                "hf",
+                "--weights",
+                str(tmp_path / "gpt2.pth"),
+                "--n-head",
+                "4",
+                "--out",
+                str(flax_dir),
+            ]
+        )
+        == 0
+    )
     model, meta = checkpoints.model_from_weights(flax_dir)
     assert meta["model_kwargs"]["n_layer"] == 2 and model.config.vocab_size == 300
     ids = np.arange(10)[None]
@@ -121,7 +156,17 @@ def test_gpt2_weights_given_for_an_image_model_are_refused(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.save(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)).state_dict(), tmp_path / "gpt2.pth")
-    code = convert_main(["--model", "mobilevit_xxs", "--source", "timm", "--weights", str(tmp_path / "gpt2.pth"),
-                         "--out", str(tmp_path / "out")])
+    code = convert_main(
+        [
+            "--model",
+            "mobilevit_xxs",
+            "--source",
+            "timm",
+            "--weights",
+            str(tmp_path / "gpt2.pth"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert "head.fc.weight" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -64,8 +64,8 @@ def test_pad_and_crop_shifts_the_image_and_resizes():
     assert same.shape == (4, 32, 32, 3)
     # every output is a shifted (possibly mirrored) window of the zero-padded input
     padded = np.pad(images / 255.0, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    for out, source in zip(np.asarray(same), padded):
-        windows = [source[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+    for out, source in zip(np.asarray(same), padded, strict=True):
+        windows = [source[y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
         assert any(np.allclose(out, w, atol=1e-6) or np.allclose(out, w[:, ::-1], atol=1e-6) for w in windows)
     bigger = augment.train_preprocess(images, jax.random.key(0), resolution=96, **kwargs)
     assert bigger.shape == (4, 96, 96, 3)

@@ -9,11 +9,22 @@ from megathread_jax.errors import DataNotFoundError, UserError
 
 
 def _config(tmp_path, **overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(
-        name="pydoc", path="", hf_dataset="", hf_config="", train_split="train", val_split="validation",
-        val_fraction=0.1, tokenizer="bytes", cache_dir=str(tmp_path / "cache"), seq_len=16, eval_stride=0,
-        max_train_tokens=0,
-    ))
+    c = ml_collections.ConfigDict(
+        dict(
+            name="pydoc",
+            path="",
+            hf_dataset="",
+            hf_config="",
+            train_split="train",
+            val_split="validation",
+            val_fraction=0.1,
+            tokenizer="bytes",
+            cache_dir=str(tmp_path / "cache"),
+            seq_len=16,
+            eval_stride=0,
+            max_train_tokens=0,
+        )
+    )
     c.update(overrides)
     return c
 
@@ -67,7 +78,7 @@ def test_sliding_windows_score_every_token_but_the_first_exactly_once(stride):
     windows = np.concatenate([b["tokens"] for b in batches])
     assert masks[:, 0].sum() == 0  # the first token of a window is context only
     assert masks.sum() == len(tokens) - 1
-    scored = sorted(zip(*np.nonzero(masks)))
+    scored = sorted(zip(*np.nonzero(masks), strict=True))
     assert sum(int(windows[r, c]) for r, c in scored) == int(tokens[1:].astype(np.int64).sum())
     windows = text.sliding_windows(len(tokens), 16, stride)
     assert all(end - start <= 17 for start, end, _ in windows)

@@ -24,8 +24,10 @@ def _jpeg(colour, mode="RGB") -> bytes:
 
 def _fake_files() -> dict[str, bytes]:
     """Class c's images are filled with grey level 40 + 80*c, so labels can be checked from pixels."""
-    files = {"wnids.txt": "\n".join(WNIDS).encode() + b"\n",
-             "words.txt": "".join(f"{w}\tthing {i}\n" for i, w in enumerate(WNIDS)).encode()}
+    files = {
+        "wnids.txt": "\n".join(WNIDS).encode() + b"\n",
+        "words.txt": "".join(f"{w}\tthing {i}\n" for i, w in enumerate(WNIDS)).encode(),
+    }
     for c, wnid in enumerate(WNIDS):
         level = 40 + 80 * c
         for i in range(TRAIN_PER_CLASS):

@@ -25,7 +25,7 @@ def test_remat_gives_the_same_loss_and_gradients(remat):
     rematted = models.create("gpt2", seed=1, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0, remat=remat, **SMALL)
     (loss_a, grads_a), (loss_b, grads_b) = _loss_and_grads(plain), _loss_and_grads(rematted)
     np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 

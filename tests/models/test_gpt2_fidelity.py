@@ -56,11 +56,13 @@ def test_left_padding_with_attention_mask_matches_hugging_face():
     for position_ids in (None, positions):
         with torch.no_grad():
             expected = reference(
-                torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
                 position_ids=None if position_ids is None else torch.from_numpy(position_ids),
             ).logits.numpy()
-        got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask),
-                               None if position_ids is None else jnp.asarray(position_ids)))
+        got = np.asarray(
+            model(jnp.asarray(ids), jnp.asarray(mask), None if position_ids is None else jnp.asarray(position_ids))
+        )
         real = mask.astype(bool)  # padded positions' outputs are undefined in both
         np.testing.assert_allclose(got[real], expected[real], atol=1e-4, rtol=0)
 

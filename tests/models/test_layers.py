@@ -51,7 +51,7 @@ def test_conv_matches_torch(case, impl):
     grad = rng.normal(size=(3, out, out, cout)).astype(np.float32)
     ours = _flax_conv(conv, x, grad)
     reference = _torch_conv(x, np.asarray(conv.kernel[...]), stride, groups, grad)
-    for name, a, b in zip(("output", "input gradient", "kernel gradient"), ours, reference):
+    for name, a, b in zip(("output", "input gradient", "kernel gradient"), ours, reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 

@@ -42,7 +42,7 @@ def test_bfloat16_gradients_are_bfloat16_and_close_to_float32():
     x, w, cotangent = _operands(jnp.bfloat16)
     ours = _grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, cotangent)
     exact = _grads(_plain, x.astype(jnp.float32), w.astype(jnp.float32), cotangent)
-    for got, want in zip(ours, exact):
+    for got, want in zip(ours, exact, strict=True):
         assert got.dtype == jnp.bfloat16
         # The cotangent and the result are rounded to bfloat16 (8 bits): a few parts in a thousand.
         error = np.abs(np.asarray(got, np.float32) - np.asarray(want)).max()
@@ -59,7 +59,11 @@ def test_long_contractions_accumulate_in_float32():
 def test_float32_operands_are_the_plain_einsum():
     x, w, cotangent = _operands(jnp.float32)
     np.testing.assert_array_equal(np.asarray(einsum_float32_out(SPEC, x, w)), np.asarray(_plain(x, w)))
-    for got, want in zip(_grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, cotangent), _grads(_plain, x, w, cotangent)):
+    for got, want in zip(
+        _grads(lambda x, w: einsum_float32_out(SPEC, x, w), x, w, cotangent),
+        _grads(_plain, x, w, cotangent),
+        strict=False,
+    ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -78,8 +82,9 @@ def _product_operand_dtypes(loss_fn, model) -> list[str]:
 
 @pytest.mark.parametrize("attn_pdrop", [0.0, 0.1])
 def test_gpt2_bfloat16_gradients_multiply_in_bfloat16(attn_pdrop):
-    model = models.create("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
-                          dtype="bfloat16", attn_pdrop=attn_pdrop)
+    model = models.create(
+        "gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16, dtype="bfloat16", attn_pdrop=attn_pdrop
+    )
     model.train()
     ids = jnp.zeros((2, 16), jnp.int32)
     dtypes = _product_operand_dtypes(lambda m: tasks.next_token_loss(m(ids), ids), model)

@@ -63,8 +63,9 @@ def test_train_mode_matches_torchvision():
 
 def test_round_trip_to_torchvision_is_exact(torchvision_model):
     state_dict = torchvision_model.state_dict()
-    back = convert.to_torch("mobilenet_v2", convert.from_torch("mobilenet_v2", state_dict, source="torchvision"),
-                            target="torchvision")
+    back = convert.to_torch(
+        "mobilenet_v2", convert.from_torch("mobilenet_v2", state_dict, source="torchvision"), target="torchvision"
+    )
     weights = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     assert back.keys() == weights.keys()
     for key, value in weights.items():

@@ -14,11 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from megathread_jax import models
+from megathread_jax import convert, models
 from megathread_jax.errors import CheckpointMismatchError, CheckpointSaveError, WeightsNotFoundError
 
 RUN_FILE = "run.json"
 WEIGHTS_META = "model.json"
+WEIGHTS_CACHE = pathlib.Path("~/.cache/megathread_jax/weights").expanduser()
+FINAL_WEIGHTS = "weights"  # <workdir>/weights: the final model, readable by convert, generate and init_from
 
 
 class CheckpointStore:
@@ -184,3 +186,32 @@ def load_weights_into(
     if problems:
         raise CheckpointMismatchError(f"weights in {directory} do not fit {model_name}: " + "; ".join(problems[:10]))
     return copied
+
+
+def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
+    """Where the weights named by `init_from` are: a directory written by the converter, or a
+    weight source ("timm", "hf", "torchvision", optionally ":TAG", e.g. "torchvision:IMAGENET1K_V1")
+    for the published ImageNet weights, converted once into a local cache."""
+    source, _, tag = init_from.partition(":")
+    if source not in convert.sources(model_name):
+        return pathlib.Path(init_from).expanduser()
+    directory = WEIGHTS_CACHE / f"{model_name}_{source}{'_' + tag if tag else ''}"
+    if (directory / WEIGHTS_META).is_file():
+        return directory
+    try:
+        state_dict = convert.fetch(model_name, source, tag or None)
+    except WeightsNotFoundError as e:
+        raise WeightsNotFoundError(
+            f"{e}\nThen train with --config.init_from=DIR, or convert into {directory}, or train from "
+            "scratch with --config.init_from=''"
+        ) from None
+    model = convert.from_torch(model_name, state_dict, source=source)
+    save_weights(directory, model, weights_meta(model_name, model, source=init_from))
+    return directory
+
+
+def weights_directory(path: str | pathlib.Path) -> pathlib.Path:
+    """The weights directory that `path` names: a training workdir's final weights, or `path` itself."""
+    directory = pathlib.Path(path).expanduser()
+    nested = directory / FINAL_WEIGHTS
+    return nested if (nested / WEIGHTS_META).is_file() else directory

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
-from megathread_jax.errors import UserError, exit_code_of
+from megathread_jax.errors import ConfigurationError, UserError, exit_code_of
 from megathread_jax.models import gpt2
 
 MIN_CACHE_LENGTH = 16
@@ -55,7 +55,7 @@ def cache_length(prompt_length: int, max_new_tokens: int, n_positions: int) -> i
     """The cache bucket: the next power of two (at least 16) holding prompt and new tokens."""
     needed = prompt_length + max_new_tokens
     if needed > n_positions:
-        raise ValueError(
+        raise ConfigurationError(
             f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"{n_positions} positions"
         )
@@ -152,21 +152,21 @@ def generate(
     """
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {input_ids.shape}")
+        raise ConfigurationError(f"input_ids must be (batch, length) with length >= 1, got shape {input_ids.shape}")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigurationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        raise ConfigurationError(f"temperature must be > 0 when sampling, got {temperature}")
     if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
-        raise ValueError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
+        raise ConfigurationError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigurationError(f"top_p must be in (0, 1], got {top_p}")
     batch, prompt_length = input_ids.shape
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
+        raise ConfigurationError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
     if not mask[:, -1].all():
-        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all 1")
+        raise ConfigurationError("prompts must be left-padded: the last column of attention_mask must be all 1")
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
     slots = cache_length(prompt_length, max_new_tokens, model.config.n_positions)
@@ -219,13 +219,11 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray,
 # CLI
 # ----------------------------------------------------------------------------------------------
 def _weights_directory(args) -> pathlib.Path:
-    from megathread_jax import checkpoints, train
+    from megathread_jax import checkpoints
 
     if args.checkpoint:
-        directory = pathlib.Path(args.checkpoint).expanduser()
-        nested = directory / train.FINAL_WEIGHTS  # a training workdir
-        return nested if (nested / checkpoints.WEIGHTS_META).is_file() else directory
-    return train.pretrained_dir(args.model, "hf")
+        return checkpoints.weights_directory(args.checkpoint)
+    return checkpoints.pretrained_dir(args.model, "hf")
 
 
 class _Printer:

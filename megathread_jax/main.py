@@ -6,8 +6,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from megathread_jax import host_memory
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "./workdir", "Directory for checkpoints, metrics and curves; rerun to resume.")
 config_flags.DEFINE_config_file(
@@ -47,5 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -18,12 +18,9 @@ import optax
 from flax import nnx, struct
 from tqdm import tqdm
 
-from megathread_jax import checkpoints, freezing, host_memory, models, optim, parallel, tasks
-from megathread_jax.errors import UserError, WeightsNotFoundError
+from megathread_jax import checkpoints, freezing, models, optim, parallel, tasks
+from megathread_jax.errors import UserError
 from megathread_jax.metrics import MetricWriter
-
-WEIGHTS_CACHE = pathlib.Path("~/.cache/megathread_jax/weights").expanduser()
-FINAL_WEIGHTS = "weights"  # <workdir>/weights: the final model, readable by convert and generate
 
 
 @struct.dataclass
@@ -37,30 +34,6 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------
 # Model and pretrained weights
 # ----------------------------------------------------------------------------------------------
-def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
-    """Where the weights named by `init_from` are: a directory written by the converter, or a
-    weight source ("timm", "hf", "torchvision", optionally ":TAG", e.g. "torchvision:IMAGENET1K_V1")
-    for the published ImageNet weights, converted once into a local cache."""
-    from megathread_jax import convert
-
-    source, _, tag = init_from.partition(":")
-    if source not in convert.sources(model_name):
-        return pathlib.Path(init_from).expanduser()
-    directory = WEIGHTS_CACHE / f"{model_name}_{source}{'_' + tag if tag else ''}"
-    if (directory / checkpoints.WEIGHTS_META).is_file():
-        return directory
-    try:
-        state_dict = convert.fetch(model_name, source, tag or None)
-    except RuntimeError as e:
-        raise WeightsNotFoundError(
-            f"{e}\nThen train with --config.init_from=DIR, or convert into {directory}, or train from "
-            "scratch with --config.init_from=''"
-        ) from None
-    model = convert.from_torch(model_name, state_dict, source=source)
-    checkpoints.save_weights(directory, model, checkpoints.weights_meta(model_name, model, source=init_from))
-    return directory
-
-
 def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) -> nnx.Module:
     """The configured model with the task's shape (classes, vocabulary), from `init_from` if set.
 
@@ -68,7 +41,7 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
     it computes (dtype, dropout, ...) but not in size; an image model's classifier stays freshly
     initialised for the new label set.
     """
-    directory = pretrained_dir(config.model.name, config.init_from) if config.init_from else None
+    directory = checkpoints.pretrained_dir(config.model.name, config.init_from) if config.init_from else None
     pretrained_shape = checkpoints.read_meta(directory).get("model_kwargs", {}) if directory else {}
     kwargs = {**pretrained_shape, **{k: v for k, v in config.model.items() if k != "name"}, **task_kwargs}
     try:
@@ -151,7 +124,7 @@ def phased_train_steps(
         if key not in compiled:
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-            compiled[key] = host_memory.jit_step(make_step(graphdef), donate_argnums=0)
+            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
             trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
             print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
@@ -265,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             graphdef, tx, task.loss, seed=config.seed, skip_nonfinite=config.skip_nonfinite_updates
         ),
     )
-    eval_step = host_memory.jit_step(make_eval_step(eval_graphdef, task.eval_sums))
+    eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
 
     writer = MetricWriter(workdir, label=label)
     start = int(state.step)
@@ -339,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     store.close()
     nnx.update(model, state.params, state.rest)
     meta = checkpoints.weights_meta(config.model.name, model, step=int(state.step), **task.weights_meta)
-    final_weights = checkpoints.save_weights(workdir / FINAL_WEIGHTS, model, meta)  # every process takes part
+    # Every process takes part in the save.
+    final_weights = checkpoints.save_weights(workdir / checkpoints.FINAL_WEIGHTS, model, meta)
     if jax.process_index() == 0:
         print(f"final weights: {final_weights}")
         report = task.final_report(model)

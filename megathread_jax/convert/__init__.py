@@ -14,6 +14,7 @@ from flax import nnx
 from megathread_jax import models
 from megathread_jax.convert import gpt2, mobilenet_v2, mobilevit
 from megathread_jax.convert.tree import WeightMismatchError, export_state_dict, load_state_dict
+from megathread_jax.errors import ConfigurationError, MissingDependencyError, WeightFileError, WeightsNotFoundError
 
 __all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "WeightMismatchError"]
 
@@ -26,7 +27,7 @@ _FAMILIES: dict[str, ModuleType] = {
 
 def _family(name: str) -> ModuleType:
     if name not in _FAMILIES:
-        raise ValueError(f"no converter for model {name!r}; convertible models: {', '.join(sorted(_FAMILIES))}")
+        raise ConfigurationError(f"no converter for model {name!r}; convertible models: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name]
 
 
@@ -37,7 +38,7 @@ def sources(name: str) -> list[str]:
 
 def _pick(kind: str, options: Mapping[str, Any], choice: str, name: str) -> Any:
     if choice not in options:
-        raise ValueError(f"{kind} {choice!r} not supported for {name}; choose one of {', '.join(options)}")
+        raise ConfigurationError(f"{kind} {choice!r} not supported for {name}; choose one of {', '.join(options)}")
     return options[choice]
 
 
@@ -63,7 +64,7 @@ def to_torch(name: str, model: nnx.Module, *, target: str) -> dict[str, Any]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError("to_torch needs PyTorch: pip install 'megathread_jax[torch]'") from e
+        raise MissingDependencyError("to_torch needs PyTorch: pip install 'megathread_jax[torch]'") from e
     family = _family(name)
     state_dict = _pick("target", family.TARGETS, target, name)(export_state_dict(model))
     return {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
@@ -80,11 +81,11 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
     try:
         return family.fetch(name, source, tag)
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"fetching {source} weights needs PyTorch and {source}: pip install 'megathread_jax[torch]'"
         ) from e
     except Exception as e:  # offline: hub and socket errors come in many types
-        raise RuntimeError(
+        raise WeightsNotFoundError(
             f"could not download the {source} weights of {name} ({type(e).__name__}: {e}).\n"
             "Offline? Download the weights on a machine with a network and pass the file: "
             f"python -m megathread_jax.convert --model {name} --source {source} --weights FILE --out DIR"
@@ -95,7 +96,7 @@ def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
     """A state_dict from `.safetensors` (numpy, no torch needed) or `.pt/.pth/.bin` (torch, weights only)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
+        raise WeightsNotFoundError(f"weight file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
@@ -103,19 +104,21 @@ def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {path.suffix} files needs PyTorch: pip install 'megathread_jax[torch]'") from e
+        raise MissingDependencyError(
+            f"reading {path.suffix} files needs PyTorch: pip install 'megathread_jax[torch]'"
+        ) from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except pickle.UnpicklingError as e:
-        raise ValueError(
+        raise WeightFileError(
             f"{path} holds objects other than tensors and was refused: reading it would run code from the "
             f"file ({str(e).splitlines()[0][:200]}). Save a plain state_dict or a .safetensors file."
         ) from None
     except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
+        raise WeightFileError(f"{path} is not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+        raise WeightFileError(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state

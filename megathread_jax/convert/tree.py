@@ -16,15 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from megathread_jax.errors import UserError
 from megathread_jax.models import weight_state
+from megathread_jax.models.convolution import Conv2d
 from megathread_jax.models.gpt2 import Conv1D, Embedding
-from megathread_jax.models.layers import BatchNorm, Conv2d
+from megathread_jax.models.layers import BatchNorm
 
 # Keys PyTorch keeps that carry no weights.
 IGNORED_TORCH_LEAVES = ("num_batches_tracked",)
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(UserError, ValueError):
     """A state_dict does not fit the model: missing, unexpected or mis-shaped keys."""
 
 

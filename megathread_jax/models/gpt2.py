@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from megathread_jax.errors import ConfigurationError
 from megathread_jax.models.mixed_precision import einsum_float32_out
 
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -28,6 +29,7 @@ _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_NOT_SHAPE = ("dtype", "attention_impl", "remat", "resid_pdrop", "embd_pdrop", "attn_pdrop", "initializer_range")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ class GPT2Config:
     initializer_range: float = 0.02
     bos_token_id: int = 50256
     eos_token_id: int = 50256
-    # Not in Hugging Face's config: how this port computes.
+    # Not in Hugging Face's config: how this port computes (never part of the weights' metadata).
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_impl: str = "xla"  # "xla" | "cudnn" (GPU, bfloat16/float16; causal attention without padding)
     remat: str = "none"  # "none" | "full" | "dots": what each block keeps for the backward pass
@@ -65,13 +67,13 @@ class GPT2Config:
             raise ValueError(f"dtype {self.dtype!r} not supported; use one of {list(_DTYPES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
-        if self.attention_impl == "cudnn" and (jax.default_backend() != "gpu" or self.dtype == "float32"):
-            raise ValueError(
-                "attention_impl='cudnn' needs an NVIDIA GPU and dtype bfloat16 or float16 "
-                f"(backend {jax.default_backend()}, dtype {self.dtype}); use attention_impl='xla'"
-            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}")
+
+    def shape(self) -> dict[str, Any]:
+        """The fields that define the function the weights compute: what rebuilds the model from
+        them, without how it computes (dtype, attention_impl, remat) or trains (dropout, init)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_SHAPE}
 
     @property
     def padded_vocab_size(self) -> int:
@@ -165,6 +167,7 @@ class GPT2Attention(nnx.Module):
         dropout_active = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
         if self.implementation == "cudnn" and mask is None and not (output_attentions or dropout_active):
             # The fused cuDNN kernel serves the plain causal case (training).
+            _check_cudnn_attention(q.dtype)
             out = jax.nn.dot_product_attention(
                 q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True, implementation="cudnn"
             )
@@ -185,6 +188,16 @@ class GPT2Attention(nnx.Module):
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bnts,bsnh->btnh", self.attn_dropout(weights).astype(q.dtype), v.astype(q.dtype))
         return out, weights
+
+
+def _check_cudnn_attention(dtype: jnp.dtype) -> None:
+    """The fused kernel runs on NVIDIA GPUs in 16-bit floats; checked when the model runs (not when
+    it is built), so weights trained with it load anywhere."""
+    if jax.default_backend() != "gpu" or dtype == jnp.float32:
+        raise ConfigurationError(
+            "attention_impl='cudnn' needs an NVIDIA GPU and dtype bfloat16 or float16 "
+            f"(backend {jax.default_backend()}, dtype {jnp.dtype(dtype).name}); use attention_impl='xla'"
+        )
 
 
 class GPT2MLP(nnx.Module):
@@ -261,7 +274,7 @@ class GPT2LMHeadModel(nnx.Module):
 
     def shape_kwargs(self) -> dict[str, Any]:
         """The `models.create` overrides that rebuild a model of this shape."""
-        return dataclasses.asdict(self.config)
+        return self.config.shape()
 
     def _logits(self, hidden: jax.Array) -> jax.Array:
         dtype = self.config.compute_dtype
@@ -269,37 +282,46 @@ class GPT2LMHeadModel(nnx.Module):
         logits = einsum_float32_out("btd,vd->btv", hidden.astype(dtype), table)
         return logits[..., : self.config.vocab_size]
 
-    def _check_length(self, input_ids: jax.Array) -> int:
+    def _token_ids(self, input_ids: jax.typing.ArrayLike) -> jax.Array:
+        """`input_ids` as a JAX array, checked: integer ids (B, T), T within the model's positions."""
+        input_ids = jnp.asarray(input_ids)
         if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
             raise ValueError(
                 f"GPT-2 expects integer token ids of shape (batch, length), got {input_ids.dtype} {input_ids.shape}"
             )
         if input_ids.shape[1] > self.config.n_positions:
             raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's {self.config.n_positions} positions")
-        return input_ids.shape[1]
+        return input_ids
 
-    def _attention_mask(self, attention_mask: jax.Array | None, t: int) -> jax.Array | None:
+    def _attention_mask(self, attention_mask: jax.typing.ArrayLike | None, t: int) -> jax.Array | None:
         if attention_mask is None:
             return None  # causal only: the fused kernels' fast path
         causal = jnp.tril(jnp.ones((t, t), bool))
-        return causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+        return causal[None, None] & jnp.asarray(attention_mask, bool)[:, None, None, :]
 
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, position_ids: jax.Array | None = None
+        self,
+        input_ids: jax.typing.ArrayLike,
+        attention_mask: jax.typing.ArrayLike | None = None,
+        position_ids: jax.typing.ArrayLike | None = None,
     ) -> jax.Array:
-        """Logits (B, T, vocab_size), float32. Like Hugging Face, positions default to 0..T-1 even
-        with left padding; `attention_mask` (B, T) marks real tokens with 1."""
-        t = self._check_length(input_ids)
-        if position_ids is None:
-            position_ids = jnp.arange(t)[None]
+        """Logits (B, T, vocab_size), float32, of token ids (JAX or NumPy arrays). Like Hugging
+        Face, positions default to 0..T-1 even with left padding; `attention_mask` (B, T) marks real
+        tokens with 1."""
+        input_ids = self._token_ids(input_ids)
+        t = input_ids.shape[1]
+        position_ids = jnp.arange(t)[None] if position_ids is None else jnp.asarray(position_ids)
         hidden, _, _ = self.transformer(
             input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, False
         )
         return self._logits(hidden)
 
-    def attention_weights(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def attention_weights(
+        self, input_ids: jax.typing.ArrayLike, attention_mask: jax.typing.ArrayLike | None = None
+    ) -> jax.Array:
         """Softmax attention weights of every layer and head, (n_layer, B, n_head, T, T), float32."""
-        t = self._check_length(input_ids)
+        input_ids = self._token_ids(input_ids)
+        t = input_ids.shape[1]
         position_ids = jnp.arange(t)[None]
         _, _, weights = self.transformer(
             input_ids, position_ids, self._attention_mask(attention_mask, t), None, None, True

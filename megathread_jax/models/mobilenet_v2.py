@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from megathread_jax.models.layers import BatchNorm, Conv2d, torch_linear
+from megathread_jax.models.convolution import Conv2d
+from megathread_jax.models.layers import BatchNorm, torch_linear
 
 # (expansion t, channels c, repeats n, first stride s), as in the paper and torchvision.
 INVERTED_RESIDUAL_SETTING = (
@@ -118,7 +119,9 @@ class MobileNetV2(nnx.Module):
         """The `models.create` kwargs that rebuild a model of this shape."""
         return {"num_classes": self.num_classes, "width_mult": self.width_mult}
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
+        """Logits `(B, num_classes)`, float32, of NHWC float images (a JAX or NumPy array)."""
+        x = jnp.asarray(x)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileNetV2 expects NHWC images with 3 channels, got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from megathread_jax.models.layers import Conv2d, ConvNormAct, silu, torch_linear
+from megathread_jax.models.convolution import Conv2d
+from megathread_jax.models.layers import ConvNormAct, silu, torch_linear
 from megathread_jax.models.mixed_precision import einsum_float32_out
 
 
@@ -88,8 +89,7 @@ class Attention(nnx.Module):
         dtype = self.qkv.dtype  # the compute dtype; the Linears hold the parameters, their calls are not used
         x = x.astype(dtype)
         # The projections go straight into (q/k/v, B, heads, N, head_dim) and back out of it, so the
-        # attention products need no transposes or slices of activations (XLA:CPU, fwd+bwd of a
-        # 256x16x64 block: 15.7-19.3 -> 11.5-13.4 ms; docs/performance.md).
+        # attention products need no transposes or slices of activations (docs/performance.md).
         qkv_kernel = self.qkv.kernel[...].astype(dtype).reshape(c, 3, heads, head_dim)
         qkv_bias = self.qkv.bias[...].astype(dtype).reshape(3, 1, heads, 1, head_dim)
         if n == 1:
@@ -166,7 +166,7 @@ class MobileViTBlock(nnx.Module):
         if resized:
             x = jax.image.resize(x, (b, h, w, c), "bilinear", antialias=False)
         x = self.conv_proj(x)
-        return self.conv_fusion([shortcut, x])
+        return self.conv_fusion(shortcut, x)
 
 
 class ClassifierHead(nnx.Module):
@@ -218,7 +218,9 @@ class MobileViT(nnx.Module):
         """The `models.create` kwargs that rebuild a model of this shape."""
         return {"num_classes": self.num_classes}
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
+        """Logits `(B, num_classes)`, float32, of NHWC float images (a JAX or NumPy array)."""
+        x = jnp.asarray(x)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileViT expects NHWC images with 3 channels, got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):

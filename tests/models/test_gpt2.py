@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from megathread_jax import models, tasks
+from megathread_jax.errors import ConfigurationError
 
 SMALL = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32)
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 300, (2, 16)))
@@ -53,8 +54,26 @@ def test_unsupported_settings_are_refused_with_the_reason():
         models.create("gpt2", n_layers=2)
     with pytest.raises(ValueError, match="not divisible"):
         models.create("gpt2", n_embd=100, n_head=3)
-    with pytest.raises(ValueError, match="cudnn"):
-        models.create("gpt2", attention_impl="cudnn", dtype="bfloat16", **SMALL)  # the suite runs on CPU
+
+
+def test_cudnn_attention_builds_anywhere_and_is_refused_where_it_would_run():
+    """Weights trained with cuDNN attention rebuild on a CPU; running the fused kernel there is a
+    user error that says what to use instead."""
+    model = models.create("gpt2", attention_impl="cudnn", dtype="bfloat16", attn_pdrop=0.0, **SMALL)
+    model.eval()
+    with pytest.raises(ConfigurationError, match="needs an NVIDIA GPU .* use attention_impl='xla'"):
+        model(IDS)  # the suite runs on a CPU
+    mask = np.ones(IDS.shape, np.int32)
+    assert model(IDS, attention_mask=mask).shape == (2, 16, 300)  # padded batches never use the fused kernel
+
+
+def test_weight_metadata_records_the_shape_only():
+    model = models.create("gpt2", dtype="bfloat16", attention_impl="cudnn", remat="dots", resid_pdrop=0.3, **SMALL)
+    shape = model.shape_kwargs()
+    assert {k: shape[k] for k in SMALL} == SMALL
+    assert not {"dtype", "attention_impl", "remat", "resid_pdrop", "embd_pdrop", "attn_pdrop"} & set(shape)
+    rebuilt = models.create("gpt2", **shape)
+    assert rebuilt.config.shape() == model.config.shape()
 
 
 def test_published_sizes():

@@ -10,6 +10,8 @@ from megathread_jax import convert
 from tests.conftest import nchw_to_nhwc, randomise_batchnorm, run_flax
 
 ATOL = 1e-4
+# Both convolution formulations: "matmul" is the CPU default, "lax" (cuDNN) the GPU default.
+CONV_FORMULATIONS = ["matmul", "lax"]
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +19,12 @@ def torchvision_model():
     return randomise_batchnorm(torchvision.models.mobilenet_v2(num_classes=1000)).eval()
 
 
+@pytest.mark.parametrize("conv_impl", CONV_FORMULATIONS)
 @pytest.mark.parametrize("resolution", [32, 224])
-def test_eval_logits_match_torchvision(torchvision_model, resolution):
-    model = convert.from_torch("mobilenet_v2", torchvision_model.state_dict(), source="torchvision")
+def test_eval_logits_match_torchvision(torchvision_model, resolution, conv_impl):
+    model = convert.from_torch(
+        "mobilenet_v2", torchvision_model.state_dict(), source="torchvision", conv_impl=conv_impl
+    )
     model.eval()
     x = torch.rand(2, 3, resolution, resolution)
     with torch.no_grad():
@@ -41,9 +46,12 @@ def test_eval_logits_match_timm():
             assert torch.equal(back[key], value), key
 
 
-def test_train_mode_matches_torchvision():
+@pytest.mark.parametrize("conv_impl", CONV_FORMULATIONS)
+def test_train_mode_matches_torchvision(conv_impl):
     reference = randomise_batchnorm(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5), seed=4)
-    model = convert.from_torch("mobilenet_v2", reference.state_dict(), source="torchvision", width_mult=0.5)
+    model = convert.from_torch(
+        "mobilenet_v2", reference.state_dict(), source="torchvision", width_mult=0.5, conv_impl=conv_impl
+    )
     reference.train()
     model.train()
     torch.manual_seed(0)

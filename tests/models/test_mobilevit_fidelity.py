@@ -12,6 +12,8 @@ from megathread_jax.train import TrainState, make_train_step
 from tests.conftest import classification_loss_fn, nchw_to_nhwc, randomise_batchnorm, run_flax
 
 ATOL = 1e-4
+# Both convolution formulations: "matmul" is the CPU default, "lax" (cuDNN) the GPU default.
+CONV_FORMULATIONS = ["matmul", "lax"]
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +21,10 @@ def timm_xxs():
     return randomise_batchnorm(timm.create_model("mobilevit_xxs", num_classes=1000)).eval()
 
 
+@pytest.mark.parametrize("conv_impl", CONV_FORMULATIONS)
 @pytest.mark.parametrize("resolution", [64, 96, 256])
-def test_eval_logits_match_timm(timm_xxs, resolution):
-    model = convert.from_torch("mobilevit_xxs", timm_xxs.state_dict(), source="timm")
+def test_eval_logits_match_timm(timm_xxs, resolution, conv_impl):
+    model = convert.from_torch("mobilevit_xxs", timm_xxs.state_dict(), source="timm", conv_impl=conv_impl)
     model.eval()
     x = torch.rand(2, 3, resolution, resolution)
     with torch.no_grad():
@@ -31,9 +34,10 @@ def test_eval_logits_match_timm(timm_xxs, resolution):
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
-def test_train_mode_logits_and_running_stats_match_timm():
+@pytest.mark.parametrize("conv_impl", CONV_FORMULATIONS)
+def test_train_mode_logits_and_running_stats_match_timm(conv_impl):
     reference = randomise_batchnorm(timm.create_model("mobilevit_xxs", num_classes=10), seed=1)
-    model = convert.from_torch("mobilevit_xxs", reference.state_dict(), source="timm")
+    model = convert.from_torch("mobilevit_xxs", reference.state_dict(), source="timm", conv_impl=conv_impl)
     reference.train()
     model.train()
     x = torch.rand(4, 3, 64, 64)

@@ -1,5 +1,7 @@
-"""Orbax checkpoints: the latest N train states for resume, the best by a metric kept apart, and
-weight-only checkpoints written by the converter and read by the trainer."""
+"""Orbax checkpoints: the latest N train states for resume, the best by a metric kept apart;
+weights directories (written by the converter and at the end of a run, read by the trainer, the
+converter and `generate`); and where `init_from` points (a directory, or published weights
+converted once into a local cache)."""
 
 from __future__ import annotations
 

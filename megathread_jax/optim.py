@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from megathread_jax.errors import ConfigurationError
+
 
 def decay_mask(params):
     """Weight decay on kernels only: norms' scales and all biases (1-D leaves) are left alone."""
@@ -34,7 +36,7 @@ def make_optimizer(optim_config, schedule: optax.Schedule) -> optax.GradientTran
     elif optim_config.name == "sgd":
         opt = optax.sgd(schedule, momentum=optim_config.momentum or None)
     else:
-        raise ValueError(f"unknown optimizer {optim_config.name!r}; choose 'adamw' or 'sgd'")
+        raise ConfigurationError(f"unknown optimizer {optim_config.name!r}; choose 'adamw' or 'sgd'")
     if optim_config.grad_clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), opt)
     return opt

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from megathread_jax import bench, profiling
+from benchmarks import bench, profiling
 
 
 def _events(pid, tid, names, dur, **args):

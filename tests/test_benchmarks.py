@@ -1,10 +1,10 @@
-"""The benchmark command's form (never its speed)."""
+"""The benchmark command's form (never its speed), run from the checkout as `python -m benchmarks.bench`."""
 
 import json
 
 import pytest
 
-from megathread_jax import bench
+from benchmarks import bench, table
 
 
 @pytest.mark.parametrize(
@@ -19,13 +19,15 @@ def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys, model, re
     out = tmp_path / "bench.json"
     bench.main(["--model", model, "--quick", "--json", str(out)])
     printed = capsys.readouterr()
-    table = printed.out
-    assert all(column in table for column in bench.COLUMNS) and reference in table and model in table
+    printed_table = printed.out
+    assert all(column in printed_table for column in table.COLUMNS)
+    assert reference in printed_table and model in printed_table
     assert "Flax step: compiled and ran step 1 in" in printed.err and "PyTorch step: " in printed.err
+    assert "Both sides of each row ran in one process, under: " in printed_table
     written = json.loads(out.read_text())
     assert len(written) == rows
     for row in written:
-        assert set(row) == set(bench.COLUMNS)
+        assert set(row) == set(table.COLUMNS)
         assert row["ours"] > 0 and row["reference_value"] > 0
         assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"], rel=0.001, abs=0.006)
         assert row["device"].startswith("CPU")
@@ -55,7 +57,7 @@ def test_input_path_is_refused_for_other_models():
 @pytest.mark.parametrize("suite", sorted(bench.SUITES))
 def test_suite_rows_name_real_options(suite):
     """Every override in a suite is an option of the command with a value it accepts."""
-    parser = bench._parser()
+    parser = bench.parser()
     defaults = vars(parser.parse_args([]))
     choices = {action.dest: action.choices for action in parser._actions if action.choices}
     for spec in bench.SUITES[suite]:
@@ -76,9 +78,9 @@ def test_rounds_run_each_row_in_fresh_processes_and_report_medians(tmp_path):
 
 def test_median_of_rounds_takes_each_side_s_median():
     def round_rows(ours, reference):
-        return [bench._row("m", "s", "images/s", ours, "ref", reference), bench._row("m", "e2e", "s", ours, "-", None)]
+        return [table.row("m", "s", "images/s", ours, "ref", reference), table.row("m", "e2e", "s", ours, "-", None)]
 
-    combined = bench.median_of_rounds([round_rows(100, 150), round_rows(300, 100), round_rows(200, 200)])
+    combined = table.median_of_rounds([round_rows(100, 150), round_rows(300, 100), round_rows(200, 200)])
     timed, end_to_end = combined
     assert (timed["ours"], timed["reference_value"], timed["ratio"]) == (200, 150, 1.33)
     assert timed["setting"] == "s, median of 3 processes (ratios 0.67-3.0)"
@@ -133,3 +135,12 @@ def test_only_refuses_what_it_cannot_pick(capsys, argv, message):
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_allocator_environment_is_named(monkeypatch):
+    for name in table.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert table.allocator_environment() == "default allocator"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert table.allocator_environment() == "GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in table.describe_device()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from megathread_jax.errors import ConfigurationError
+
 
 def _normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """Pixel values in [0, 255] -> (x / 255 - mean) / std, float32."""
@@ -68,7 +70,7 @@ def train_preprocess(
     crop "pad": zero-pad by `pad`, crop back at a random offset (the CIFAR recipe), then resize.
     """
     if crop not in CROPS:
-        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        raise ConfigurationError(f"crop must be one of {CROPS}, got {crop!r}")
     crop_key, flip_key = jax.random.split(key)
     x = images.astype(jnp.float32)
     keys = jax.random.split(crop_key, x.shape[0])

@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from megathread_jax.errors import ConfigurationError
 from megathread_jax.models import gpt2, mobilenet_v2, mobilevit
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -58,10 +59,10 @@ def create(name: str, *, seed: int = 0, **kwargs: Any) -> nnx.Module:
     of `models.gpt2.GPT2Config` (`dtype`, `attention_impl`, `remat`).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+        raise ConfigurationError(f"unknown model {name!r}; known models: {', '.join(names())}")
     if name in _NEEDS_NUM_CLASSES and "num_classes" not in kwargs:
-        raise ValueError(f"model {name!r} needs num_classes")
+        raise ConfigurationError(f"model {name!r} needs num_classes")
     dtype = kwargs.get("dtype", "float32")
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+        raise ConfigurationError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return _REGISTRY[name](rngs=nnx.Rngs(params=seed, dropout=seed + 1), **kwargs)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from megathread_jax.errors import ConfigurationError
+
 CONV_IMPLS = ("auto", "matmul", "lax")
 
 
@@ -29,7 +31,7 @@ def resolve_conv_impl(impl: str) -> str:
     default elsewhere): `lax.conv_general_dilated` throughout, which cuDNN serves on GPU.
     """
     if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+        raise ConfigurationError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
     if impl == "auto":
         return "matmul" if jax.default_backend() == "cpu" else "lax"
     return impl

@@ -58,17 +58,17 @@ class GPT2Config:
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise ConfigurationError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.activation_function not in _ACTIVATIONS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"activation_function {self.activation_function!r} not supported; use one of {list(_ACTIVATIONS)}"
             )
         if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not supported; use one of {list(_DTYPES)}")
+            raise ConfigurationError(f"dtype {self.dtype!r} not supported; use one of {list(_DTYPES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+            raise ConfigurationError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}")
+            raise ConfigurationError(f"remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}")
 
     def shape(self) -> dict[str, Any]:
         """The fields that define the function the weights compute: what rebuilds the model from
@@ -99,7 +99,7 @@ def make_config(size: str = "gpt2", **overrides: Any) -> GPT2Config:
     known = {f.name for f in dataclasses.fields(GPT2Config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown GPT-2 config field(s) {unknown}; supported: {', '.join(sorted(known))}")
+        raise ConfigurationError(f"unknown GPT-2 config field(s) {unknown}; supported: {', '.join(sorted(known))}")
     return GPT2Config(**{**SIZES[size], **overrides})
 
 

@@ -96,7 +96,7 @@ def test_cli_reports_a_missing_file_without_traceback(tmp_path, capsys):
 
 
 def test_offline_fetch_says_how_to_convert_a_local_file(tmp_path, monkeypatch):
-    from megathread_jax import train
+    from megathread_jax import checkpoints
     from megathread_jax.convert import mobilevit as mobilevit_family
     from megathread_jax.errors import WeightsNotFoundError
 
@@ -104,9 +104,9 @@ def test_offline_fetch_says_how_to_convert_a_local_file(tmp_path, monkeypatch):
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(mobilevit_family, "fetch", offline)
-    monkeypatch.setattr(train, "WEIGHTS_CACHE", tmp_path)
+    monkeypatch.setattr(checkpoints, "WEIGHTS_CACHE", tmp_path)
     with pytest.raises(WeightsNotFoundError) as info:
-        train.pretrained_dir("mobilevit_xxs", "timm")
+        checkpoints.pretrained_dir("mobilevit_xxs", "timm")
     message = str(info.value)
     assert "--weights FILE" in message and "--config.init_from" in message
     assert not list(tmp_path.iterdir())  # nothing half-written in the cache

@@ -40,7 +40,7 @@ def plot_attention(weights: np.ndarray, tokens: list[str], path: str | pathlib.P
     fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    for ax, (name, w) in zip(axes.flat, panels, strict=True):
+    for ax, (name, w) in zip(axes.flat[: len(panels)], panels, strict=True):
         ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(name)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90)

@@ -24,16 +24,20 @@ TINY_DEMO = [
 ]
 
 
-def run_main(*args: str) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-m", "megathread_jax.main", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    return run_module("megathread_jax.main", *args)
 
 
 def test_demo_from_converted_weights_runs_and_resumes(tmp_path):
@@ -110,18 +114,6 @@ def test_mobilenetv2_demo_with_a_frozen_backbone_prints_the_split(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
 
 
-def run_generate(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "megathread_jax.generate", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_gpt2_demo_learns_then_generates_and_evaluates_from_its_checkpoint(tmp_path):
     run = tmp_path / "run"
     result = run_main(
@@ -143,7 +135,8 @@ def test_gpt2_demo_learns_then_generates_and_evaluates_from_its_checkpoint(tmp_p
     assert "sample:\nThe for statement" in result.stdout
     assert "built-in demo data" in result.stdout + result.stderr
 
-    sample = run_generate(
+    sample = run_module(
+        "megathread_jax.generate",
         "--checkpoint",
         str(run),
         "--prompt",

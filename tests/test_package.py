@@ -31,20 +31,20 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, str] = {}
+    """The first import cycle found by a depth-first walk, as a path that ends where it starts."""
+    done: set[str] = set()
 
-    def visit(node, trail):
-        state[node] = "open"
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                return trail[trail.index(nxt) :] + [nxt] if nxt in trail else [node, nxt]
-            if nxt not in state and (found := visit(nxt, trail + [nxt])):
+    def visit(trail: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[trail[-1]]):
+            if nxt in trail:
+                return trail[trail.index(nxt) :] + [nxt]
+            if nxt not in done and (found := visit(trail + [nxt])):
                 return found
-        state[node] = "done"
+        done.add(trail[-1])
         return None
 
     for start in sorted(graph):
-        if start not in state and (found := visit(start, [start])):
+        if start not in done and (found := visit([start])):
             return found
     return None
 

@@ -1,19 +1,19 @@
 """GPT-2 language modelling: fine-tuning, a demo on built-in text, and perplexity evaluation.
 
-Variants (`--config=configs/gpt2.py:VARIANT`):
-  finetune  GPT-2 124M from Hugging Face's weights on a text corpus (default; a local file with
-            --config.data.name=text_file --config.data.path=FILE, or a Hugging Face dataset)
-  demo      a small GPT-2 with a byte-level vocabulary on the Python docs in `pydoc_data`,
-            about 5 minutes on a 2-core CPU, ending with a generated sample
-  eval_ppl  strided sliding-window perplexity of --config.init_from (default: Hugging Face's
-            GPT-2) on WikiText-2's test split, or on a local text with data.name=text_file
+Variants: `--config=configs/gpt2.py:VARIANT`; `:list` describes them. A local text instead of
+WikiText-2: --config.data.name=text_file --config.data.path=FILE.
 """
 
 import ml_collections
 
 from megathread_jax.config_base import base_config, pick_variant
 
-VARIANTS = ("finetune", "demo", "eval_ppl")
+VARIANTS = {
+    "finetune": "GPT-2 124M from Hugging Face's weights on WikiText-2 (or a local text file), 2 epochs",
+    "demo": "a 4-layer byte-level GPT-2 from scratch on the Python docs (built in), about 5 minutes on a CPU",
+    "eval_ppl": "sliding-window perplexity of --config.init_from (default: Hugging Face's GPT-2); evaluates only",
+}
+DEFAULT_VARIANT = "finetune"
 
 
 def _model(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -47,8 +47,8 @@ def _text_data(**overrides) -> ml_collections.ConfigDict:
     return d
 
 
-def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-    variant = pick_variant(variant, VARIANTS, "finetune", "configs/gpt2.py")
+def get_config(variant: str = DEFAULT_VARIANT) -> ml_collections.ConfigDict:
+    variant = pick_variant(variant, VARIANTS, DEFAULT_VARIANT, "configs/gpt2.py")
     c = base_config(variant, "gpt2")
     c.task = "language_modelling"
     c.model = _model("gpt2")

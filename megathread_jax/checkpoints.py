@@ -17,9 +17,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from megathread_jax import convert, models
-from megathread_jax.errors import CheckpointMismatchError, CheckpointSaveError, WeightsNotFoundError
+from megathread_jax.errors import (
+    CheckpointMismatchError,
+    CheckpointSaveError,
+    WeightsNotFoundError,
+    WorkdirConflictError,
+)
 
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # what the data set makes of the model: classes, vocabulary
+CONFIG_FILE = "config.json"  # the resolved config, one dotted field per key
 WEIGHTS_META = "model.json"
 WEIGHTS_CACHE = pathlib.Path("~/.cache/megathread_jax/weights").expanduser()
 FINAL_WEIGHTS = "weights"  # <workdir>/weights: the final model, readable by convert, generate and init_from
@@ -86,23 +92,47 @@ class CheckpointStore:
         self.best.close()
 
 
-def check_run_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
-    """Refuses a workdir holding a run of another model/shape; records the identity otherwise."""
-    path = workdir / RUN_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != identity:
-            diff = {
-                k: (previous.get(k), identity.get(k))
-                for k in identity.keys() | previous.keys()
-                if previous.get(k) != identity.get(k)
-            }
-            raise CheckpointMismatchError(
-                f"{workdir} holds a run of another model or shape (was -> now: {diff}); use another --workdir"
+def _differences(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {
+        k: (previous.get(k), current.get(k))
+        for k in sorted(current.keys() | previous.keys())
+        if previous.get(k) != current.get(k)
+    }
+
+
+def _shown(differences: dict[str, tuple[Any, Any]], prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
+
+
+def record_run(
+    workdir: pathlib.Path, identity: dict[str, Any], config: dict[str, Any], resumable: Iterable[str]
+) -> None:
+    """Refuses a workdir holding a run of another model or shape, or one whose config differs in a
+    field that changes the training trajectory (any field not in `resumable`); records the
+    identity and the resolved config (`config` as flat dotted fields) otherwise."""
+    identity_path, config_path = workdir / RUN_FILE, workdir / CONFIG_FILE
+    if identity_path.is_file():
+        changed = _differences(json.loads(identity_path.read_text()), identity)
+        if changed:
+            raise WorkdirConflictError(
+                f"{workdir} holds a run of another model or shape ({_shown(changed)}); use another --workdir"
             )
-    elif jax.process_index() == 0:
+    config = json.loads(json.dumps(config))  # tuples as the file holds them: lists
+    if config_path.is_file():
+        allowed = set(resumable)
+        changed = {
+            k: v for k, v in _differences(json.loads(config_path.read_text()), config).items() if k not in allowed
+        }
+        if changed:
+            raise WorkdirConflictError(
+                f"{workdir} holds a run with other settings ({_shown(changed, 'config.')}); rerun without "
+                "those changes to resume it, or use a new --workdir (add --config.init_from="
+                f"{workdir / FINAL_WEIGHTS} to start from its final weights)"
+            )
+    if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=1))
+        identity_path.write_text(json.dumps(identity, indent=1))
+        config_path.write_text(json.dumps(config, indent=1))
 
 
 def weights_meta(model_name: str, model: nnx.Module, **extra: Any) -> dict[str, Any]:
@@ -190,10 +220,11 @@ def load_weights_into(
     return copied
 
 
-def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
+def pretrained_dir(model_name: str, init_from: str, *, then: str = "") -> pathlib.Path:
     """Where the weights named by `init_from` are: a directory written by the converter, or a
     weight source ("timm", "hf", "torchvision", optionally ":TAG", e.g. "torchvision:IMAGENET1K_V1")
-    for the published ImageNet weights, converted once into a local cache."""
+    for the published ImageNet weights, converted once into a local cache. `then` ends the message
+    of a failed download: how the calling command goes on from a converted directory DIR."""
     source, _, tag = init_from.partition(":")
     if source not in convert.sources(model_name):
         return pathlib.Path(init_from).expanduser()
@@ -203,10 +234,7 @@ def pretrained_dir(model_name: str, init_from: str) -> pathlib.Path:
     try:
         state_dict = convert.fetch(model_name, source, tag or None)
     except WeightsNotFoundError as e:
-        raise WeightsNotFoundError(
-            f"{e}\nThen train with --config.init_from=DIR, or convert into {directory}, or train from "
-            "scratch with --config.init_from=''"
-        ) from None
+        raise WeightsNotFoundError(f"{e}\n{then}" if then else str(e)) from None
     model = convert.from_torch(model_name, state_dict, source=source)
     save_weights(directory, model, weights_meta(model_name, model, source=init_from))
     return directory

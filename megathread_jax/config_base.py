@@ -3,18 +3,27 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pathlib
+import types
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
 
+from megathread_jax.errors import ConfigurationError
 
-def pick_variant(variant: str, variants: tuple[str, ...], default: str, config_file: str) -> str:
-    """`variant` (the part after `:` in --config=FILE:VARIANT), `default` when empty; unknown ones refused."""
+
+def pick_variant(variant: str, variants: Mapping[str, str], default: str, config_file: str) -> str:
+    """`variant` (the part after `:` in --config=FILE:VARIANT), `default` when empty; unknown ones
+    refused with the list. `variants` maps each name to its one-line description."""
     variant = variant or default
     if variant not in variants:
-        raise ValueError(f"unknown variant {variant!r} of {config_file}; choose one of {', '.join(variants)}")
+        raise ConfigurationError(
+            f"unknown variant {variant!r} of {config_file}; choose one of {', '.join(variants)} "
+            f"(--config={config_file}:list describes them)"
+        )
     return variant
 
 
@@ -96,24 +105,52 @@ def use_demo_data(c: ml_collections.ConfigDict, *, resolution: int) -> None:
     c.checkpoint_every_steps = 0
 
 
+def config_module(path: str | pathlib.Path) -> types.ModuleType:
+    """The config file at `path`, loaded as a module (its `get_config`, `VARIANTS`, `DEFAULT_VARIANT`)."""
+    path = pathlib.Path(path)
+    module_spec = importlib.util.spec_from_file_location(path.stem + "_config", path)
+    if module_spec is None or not path.is_file():
+        raise ConfigurationError(f"config file {path} does not exist (the configs are in the repository's configs/)")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Every leaf field of `config` as a dotted path (`optim.learning_rate`)."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from field_paths(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def check_field(config: ml_collections.ConfigDict, path: str) -> None:
+    """Refuses a dotted path that is not a field of `config`, naming the closest one."""
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            break
+        node = node[part]
+    else:
+        return
+    known = list(field_paths(config))
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    hint = f"; did you mean config.{close[0]}?" if close else "; --print_config lists the fields"
+    raise ConfigurationError(f"unknown config field config.{path} in variant {config.variant!r}{hint}")
+
+
 def load_config(spec: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
     """The config of `FILE.py[:VARIANT]` (as `--config=` takes it), with dotted-key overrides
     (as `--config.a.b=...` gives them); an unknown field is refused like on the command line."""
     path, _, variant = str(spec).partition(":")
-    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_config", path)
-    if module_spec is None or not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = config_module(path)
     config = module.get_config(variant) if variant else module.get_config()
     for key, value in (overrides or {}).items():
+        check_field(config, key)
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
-            node = node[part] if part in node else None
-            if not isinstance(node, ml_collections.ConfigDict):
-                raise KeyError(f"unknown config field {key!r}")
-        if leaf not in node:
-            raise KeyError(f"unknown config field {key!r}")
+            node = node[part]
         node[leaf] = value
     return config

@@ -23,7 +23,7 @@ import jax
 import optax
 from flax import nnx
 
-from megathread_jax.errors import UserError
+from megathread_jax.errors import ConfigurationError
 
 FROZEN = "frozen"
 
@@ -35,7 +35,7 @@ def compile_pattern(pattern: str) -> re.Pattern:
         if re.fullmatch(r"\[\d+-\d+\]", piece):
             low, high = map(int, piece[1:-1].split("-"))
             if low > high:
-                raise UserError(f"empty range {piece} in parameter pattern {pattern!r}")
+                raise ConfigurationError(f"empty range {piece} in parameter pattern {pattern!r}")
             parts.append("(?:" + "|".join(str(i) for i in range(low, high + 1)) + ")")
         else:
             parts.append(re.escape(piece))
@@ -53,7 +53,7 @@ def _split(item: str, separator: str, field: str) -> tuple[str, float]:
             raise ValueError
         return pattern, float(value)
     except ValueError:
-        raise UserError(f"config.{field}: {item!r} is not PATTERN{separator}NUMBER") from None
+        raise ConfigurationError(f"config.{field}: {item!r} is not PATTERN{separator}NUMBER") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,7 @@ class FreezePlan:
         patterns = list(self.freeze) + [p for p, _ in self.unfreeze] + [p for p, _ in self.lr_multipliers]
         for pattern in patterns:
             if not any(pattern.match(path) for path in paths):
-                raise UserError(f"parameter pattern {pattern.pattern!r} matches no parameter of the model")
+                raise ConfigurationError(f"parameter pattern {pattern.pattern!r} matches no parameter of the model")
 
 
 def _dotted(path: tuple) -> str:

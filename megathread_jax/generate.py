@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
-from megathread_jax.errors import ConfigurationError, UserError, exit_code_of
+from megathread_jax.errors import ConfigurationError, exit_code_of
 from megathread_jax.models import gpt2
 
 MIN_CACHE_LENGTH = 16
@@ -128,6 +128,27 @@ def _generate_loop(
     return tokens
 
 
+def check_arguments(
+    config: gpt2.GPT2Config,
+    prompt_length: int,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    """Refuses decoding settings the model cannot honour, naming the value and its range."""
+    if max_new_tokens < 1:
+        raise ConfigurationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    cache_length(prompt_length, max_new_tokens, config.n_positions)
+    if do_sample and temperature <= 0:
+        raise ConfigurationError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= config.vocab_size:
+        raise ConfigurationError(f"top_k must be in [1, {config.vocab_size}], got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigurationError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def generate(
     model: nnx.Module,
     input_ids: np.ndarray,
@@ -153,15 +174,8 @@ def generate(
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ConfigurationError(f"input_ids must be (batch, length) with length >= 1, got shape {input_ids.shape}")
-    if max_new_tokens < 1:
-        raise ConfigurationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise ConfigurationError(f"temperature must be > 0 when sampling, got {temperature}")
-    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
-        raise ConfigurationError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigurationError(f"top_p must be in (0, 1], got {top_p}")
     batch, prompt_length = input_ids.shape
+    check_arguments(model.config, prompt_length, max_new_tokens, do_sample, temperature, top_k, top_p)
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
         raise ConfigurationError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
@@ -222,8 +236,17 @@ def _weights_directory(args) -> pathlib.Path:
     from megathread_jax import checkpoints
 
     if args.checkpoint:
-        return checkpoints.weights_directory(args.checkpoint)
-    return checkpoints.pretrained_dir(args.model, "hf")
+        directory = checkpoints.weights_directory(args.checkpoint)
+        held = checkpoints.read_meta(directory).get("model")
+        if held not in gpt2.SIZES:
+            raise ConfigurationError(
+                f"{args.checkpoint} holds {held!r} weights, an image model: generate needs a GPT-2 checkpoint "
+                "(predict images with the training run's validation, or convert it with --target)"
+            )
+        return directory
+    return checkpoints.pretrained_dir(
+        args.model, "hf", then="Then generate from it: python -m megathread_jax.generate --checkpoint DIR --prompt ..."
+    )
 
 
 class _Printer:
@@ -283,7 +306,10 @@ def _run_cli(args: argparse.Namespace) -> None:
     tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
-        raise UserError("the prompt is empty")
+        raise ConfigurationError("the prompt is empty")
+    check_arguments(  # before any output, so an error never follows the echoed prompt on its line
+        model.config, len(prompt), args.max_new_tokens, args.do_sample, args.temperature, args.top_k, args.top_p
+    )
     if args.attention_png:
         weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
         layer = args.attention_layer % model.config.n_layer

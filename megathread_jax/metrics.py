@@ -8,7 +8,8 @@ import pathlib
 from collections.abc import Mapping
 
 import jax
-from tqdm import tqdm
+
+from megathread_jax import progress
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -36,7 +37,7 @@ class MetricWriter:
         for name, value in values.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-        tqdm.write(f"[{split}] step {step}: {shown}{'  ' + self.label if self.label else ''}")
+        progress.message(f"[{split}] step {step}: {shown}{'  ' + self.label if self.label else ''}")
 
     def close(self) -> None:
         if self._tb is not None:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from megathread_jax import data, generate
 from megathread_jax.data import augment, text
-from megathread_jax.errors import UserError
+from megathread_jax.errors import ConfigurationError, UserError
 
 Batch = dict[str, np.ndarray]
 
@@ -203,7 +203,9 @@ class LanguageModelling:
 
     def check_model(self, model) -> None:
         if self.seq_len > model.config.n_positions:
-            raise UserError(f"data.seq_len={self.seq_len} exceeds the model's {model.config.n_positions} positions")
+            raise ConfigurationError(
+                f"data.seq_len={self.seq_len} exceeds the model's {model.config.n_positions} positions"
+            )
 
     def final_report(self, model) -> str:
         """A sample from the trained model (config.sample_prompt, config.sample_tokens new tokens)."""
@@ -227,5 +229,5 @@ TASKS = {"image_classification": ImageClassification, "language_modelling": Lang
 
 def create(config: ml_collections.ConfigDict) -> ImageClassification | LanguageModelling:
     if config.task not in TASKS:
-        raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
+        raise ConfigurationError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
     return TASKS[config.task](config)

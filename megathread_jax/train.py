@@ -16,10 +16,9 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx, struct
-from tqdm import tqdm
 
-from megathread_jax import checkpoints, freezing, models, optim, parallel, tasks
-from megathread_jax.errors import UserError
+from megathread_jax import checkpoints, config_base, config_fields, freezing, models, optim, parallel, progress, tasks
+from megathread_jax.errors import ConfigurationError, StoppedBySignal, UserError
 from megathread_jax.metrics import MetricWriter
 
 
@@ -41,20 +40,28 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
     it computes (dtype, dropout, ...) but not in size; an image model's classifier stays freshly
     initialised for the new label set.
     """
-    directory = checkpoints.pretrained_dir(config.model.name, config.init_from) if config.init_from else None
+    directory = (
+        checkpoints.pretrained_dir(
+            config.model.name,
+            config.init_from,
+            then="Then train from it with --config.init_from=DIR, or from scratch with --config.init_from=''",
+        )
+        if config.init_from
+        else None
+    )
     pretrained_shape = checkpoints.read_meta(directory).get("model_kwargs", {}) if directory else {}
     kwargs = {**pretrained_shape, **{k: v for k, v in config.model.items() if k != "name"}, **task_kwargs}
     try:
         model = models.create(config.model.name, seed=config.seed, **kwargs)
     except (TypeError, ValueError) as e:
-        raise UserError(f"cannot build model {config.model.name!r} from config.model: {e}") from None
+        raise ConfigurationError(f"cannot build model {config.model.name!r} from config.model: {e}") from None
     if directory:
         head = getattr(model, "classifier_path", None)
         copied = checkpoints.load_weights_into(
             model, config.model.name, directory, skip_prefixes=(head,) if head else ()
         )
         fresh = f"; fresh {kwargs['num_classes']}-class {head}" if head else ""
-        print(f"initialised {copied} arrays from {directory}{fresh}")
+        progress.message(f"initialised {copied} arrays from {directory}{fresh}")
     return model
 
 
@@ -126,7 +133,7 @@ def phased_train_steps(
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
             compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
             trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
-            print(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
+            progress.message(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
 
     return step_fn
@@ -155,14 +162,14 @@ class StopRequest:
     in flight; the handlers are installed for the run's duration (main thread only)."""
 
     def __init__(self):
-        self.signal_name: str | None = None
+        self.signal: signal.Signals | None = None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._request)
 
     def _request(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        self.signal = signal.Signals(signum)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -185,6 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     With `num_epochs=0` the run only evaluates the initial (e.g. `init_from`) weights.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
+    config_fields.check(config)  # before anything is read, downloaded or written
     parallel.maybe_initialize_distributed()
 
     # -- task: data, loss, metrics
@@ -192,23 +200,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_per_epoch = task.num_train_examples // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     if config.num_epochs and not steps_per_epoch:
-        raise UserError(
+        raise ConfigurationError(
             f"batch size {config.batch_size} is larger than the training set ({task.num_train_examples} examples)"
         )
     mesh = parallel.make_mesh()
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % jax.device_count():
-            raise UserError(f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices")
+            raise ConfigurationError(
+                f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices"
+            )
     label = "built-in demo data" if task.is_builtin_demo else ""
 
     # -- model, optimizer, state
     model = build_model(config, task.model_kwargs)
     task.check_model(model)
-    checkpoints.check_run_identity(workdir, {"model": config.model.name, **task.identity})
     schedule = optim.learning_rate_schedule(config.optim, total_steps, max(steps_per_epoch, 1))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     plan = freezing.FreezePlan.from_config(config)
     plan.check_matches(params)
+    # The last check: from here on the workdir is written.
+    checkpoints.record_run(
+        workdir,
+        {"model": config.model.name, **task.identity},
+        {path: config_fields.value_of(config, path) for path in config_base.field_paths(config)},
+        resumable=config_fields.RESUMABLE_CHANGES,
+    )
     if plan.is_trivial:
         tx = optim.make_optimizer(config.optim, schedule)
     else:
@@ -228,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if store.latest_step() is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = store.restore_latest(abstract)
-        print(f"resumed from step {int(state.step)} in {workdir}")
+        progress.message(f"resumed from step {int(state.step)} in {workdir}")
 
     train_step_for = phased_train_steps(
         model,
@@ -242,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     writer = MetricWriter(workdir, label=label)
     start = int(state.step)
-    print(
+    progress.message(
         f"{config.model.name}: {num_params:,} parameters on {jax.device_count()} {jax.default_backend()} "
         f"device(s); {task.name}: {task.num_train_examples} train / {task.num_val_examples} val examples; "
         f"{steps_per_epoch} steps/epoch, {total_steps} steps"
@@ -253,13 +269,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
     stop = StopRequest()
     try:
-        for step in tqdm(
+        for step in progress.bar(
             range(start, total_steps),
             initial=start,
             total=total_steps,
             desc="train",
             unit="step",
-            disable=jax.process_index() != 0,
+            enabled=jax.process_index() == 0,
         ):
             batch = parallel.shard_batch(mesh, task.train_batch(step))
             state, metrics = train_step_for(step)(state, batch)
@@ -269,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
             # Read once: a signal arriving later in this iteration is acted on after the next step, so
             # a stop always follows the save of its step.
-            stop_signal = stop.signal_name
+            stop_signal = stop.signal
             save_now = (
                 end_of_epoch
                 or stop_signal is not None
@@ -296,9 +312,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             elif save_now:
                 store.save(done, state)
             if stop_signal:
-                raise UserError(
-                    f"stopped by {stop_signal} after step {done}; a checkpoint of that step is "
-                    f"saved in {workdir}. Rerun the same command to resume."
+                raise StoppedBySignal(
+                    f"stopped by {stop_signal.name} after step {done}; a checkpoint of that step is "
+                    f"saved in {workdir}. Rerun the same command to resume.",
+                    stop_signal,
                 )
     except BaseException:
         store.close()  # saves in flight (all of finite states) complete before the error is reported
@@ -315,12 +332,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # Every process takes part in the save.
     final_weights = checkpoints.save_weights(workdir / checkpoints.FINAL_WEIGHTS, model, meta)
     if jax.process_index() == 0:
-        print(f"final weights: {final_weights}")
+        progress.message(f"final weights: {final_weights}")
         report = task.final_report(model)
         if report:
-            print(report)
+            progress.message(report)
     curves = writer.plot_curves()
     writer.close()
     if curves:
-        print(f"curves: {curves}")
+        progress.message(f"curves: {curves}")
     return val_metrics

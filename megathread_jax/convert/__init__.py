@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import pickletools
+import zipfile
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -15,6 +17,9 @@ from megathread_jax import models
 from megathread_jax.convert import gpt2, mobilenet_v2, mobilevit
 from megathread_jax.convert.tree import WeightMismatchError, export_state_dict, load_state_dict
 from megathread_jax.errors import ConfigurationError, MissingDependencyError, WeightFileError, WeightsNotFoundError
+
+# What a plain state_dict pickle names: torch.load(weights_only=True) reads these.
+_TENSOR_PICKLE_GLOBALS = ("torch.", "collections.OrderedDict")
 
 __all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "WeightMismatchError"]
 
@@ -98,9 +103,15 @@ def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsNotFoundError(f"weight file {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise WeightFileError(
+                f"{path} is corrupt or not a safetensors file ({e}); download or save it again"
+            ) from None
     try:
         import torch
     except ImportError as e:
@@ -109,16 +120,48 @@ def read_weight_file(path: str | pathlib.Path) -> dict[str, Any]:
         ) from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
+        code = pickled_code(path)
+        if code is None:
+            raise WeightFileError(f"{path} is corrupt or not a PyTorch file; download or save it again") from None
         raise WeightFileError(
-            f"{path} holds objects other than tensors and was refused: reading it would run code from the "
-            f"file ({str(e).splitlines()[0][:200]}). Save a plain state_dict or a .safetensors file."
+            f"{path} holds objects other than tensors ({code}) and was refused: reading it would run code from "
+            "the file. Save a plain state_dict or a .safetensors file."
         ) from None
     except (RuntimeError, EOFError) as e:
-        raise WeightFileError(f"{path} is not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from None
+        raise WeightFileError(
+            f"{path} is corrupt or not a PyTorch file ({str(e).split('. ')[0][:200]}); download or save it again"
+        ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
         raise WeightFileError(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state
+
+
+def pickled_code(path: pathlib.Path) -> str | None:
+    """What the pickle in a PyTorch file would import and call beyond tensors and containers (its
+    first such global), or None when the file holds no well-formed pickle naming one: then it is
+    damaged, not dangerous. Reads the opcodes only; nothing in the file runs."""
+    data = path.read_bytes()
+    if zipfile.is_zipfile(path):  # torch.save's format: the pickle is the archive's data.pkl
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return None
+            data = archive.read(names[0])
+    strings: list[str] = []
+    found: list[str] = []
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(argument)
+            elif opcode.name == "GLOBAL":
+                found.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # pickletools reports a malformed stream as several types
+        return None
+    unusual = [g for g in found if not g.startswith(_TENSOR_PICKLE_GLOBALS)]
+    return unusual[0] if unusual else None

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from megathread_jax import checkpoints, convert, models
-from megathread_jax.errors import UserError, exit_code_of
+from megathread_jax.errors import ConfigurationError, exit_code_of
 
 
 def _to_flax(args) -> str:
@@ -38,7 +38,7 @@ def _to_flax(args) -> str:
 def _to_torch(args) -> str:
     model, meta = checkpoints.model_from_weights(args.from_flax)
     if meta["model"] != args.model:
-        raise UserError(f"{args.from_flax} holds {meta['model']!r} weights, not {args.model!r}")
+        raise ConfigurationError(f"{args.from_flax} holds {meta['model']!r} weights, not {args.model!r}")
     state_dict = convert.to_torch(args.model, model, target=args.target)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from megathread_jax import hub
 from megathread_jax.convert.tree import WeightMismatchError, numpy_state_dict
 from megathread_jax.models import gpt2
 
@@ -70,4 +71,4 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
     """Downloads published weights from the Hugging Face hub; `tag` is a model id (default `name`)."""
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(tag or name).state_dict()
+    return hub.from_pretrained(GPT2LMHeadModel.from_pretrained, tag or name).state_dict()

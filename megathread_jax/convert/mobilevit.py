@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from megathread_jax import hub
 from megathread_jax.convert.tree import WeightMismatchError, numpy_state_dict, to_numpy
 
 TIMM_IDS = {name: name for name in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")}
@@ -93,4 +94,4 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
         return timm.create_model(f"{TIMM_IDS[name]}.{tag}" if tag else TIMM_IDS[name], pretrained=True).state_dict()
     from transformers import MobileViTForImageClassification
 
-    return MobileViTForImageClassification.from_pretrained(tag or HF_IDS[name]).state_dict()
+    return hub.from_pretrained(MobileViTForImageClassification.from_pretrained, tag or HF_IDS[name]).state_dict()

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from megathread_jax.data import cifar10, demo, tiny_imagenet
-from megathread_jax.errors import UserError
+from megathread_jax.errors import ConfigurationError
 
 # Per-channel statistics in [0, 1] units.
 NORMALISATIONS = {
@@ -52,7 +52,7 @@ def load(data_config) -> ImageDataset:
         )
     if data_config.name == "synthetic":
         return _synthetic(data_config)
-    raise UserError(
+    raise ConfigurationError(
         f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10', 'demo_shapes' or 'synthetic'"
     )
 
@@ -86,7 +86,7 @@ def train_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -
     """
     steps_per_epoch = num_examples // batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"batch size {batch_size} is larger than the training set ({num_examples} examples)")
+        raise ConfigurationError(f"batch size {batch_size} is larger than the training set ({num_examples} examples)")
     epoch, i = divmod(step, steps_per_epoch)
     return _epoch_order(seed, epoch, num_examples)[i * batch_size : (i + 1) * batch_size]
 

@@ -6,6 +6,8 @@ import pathlib
 
 import numpy as np
 
+from megathread_jax import progress
+
 SPLIT_ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
 
 
@@ -16,7 +18,7 @@ def load_arrays(directory: pathlib.Path, names=SPLIT_ARRAYS) -> dict[str, np.nda
     try:
         return {n: np.load(directory / f"{n}.npy", allow_pickle=False) for n in names}
     except (ValueError, OSError, EOFError) as e:
-        print(f"the cache in {directory} is unreadable ({e}); building it again")
+        progress.message(f"the cache in {directory} is unreadable ({e}); building it again")
         return None
 
 

@@ -16,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from megathread_jax import hub
 from megathread_jax.data import cache
-from megathread_jax.errors import DataNotFoundError, UserError
+from megathread_jax.errors import ConfigurationError, DataNotFoundError, UserError
 
 CORPORA = ("pydoc", "text_file", "hf_dataset")
 
@@ -55,12 +56,12 @@ class HuggingFaceTokenizer:
         except ImportError as e:
             raise UserError(f"the {name!r} tokenizer needs transformers: pip install transformers") from e
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(name)
+            self._tokenizer = hub.from_pretrained(AutoTokenizer.from_pretrained, name)
         except OSError as e:
             raise DataNotFoundError(
                 f"could not load the Hugging Face tokenizer {name!r} ({str(e).splitlines()[0]}).\n"
-                "Offline? Run once with a network (transformers caches it), or use the byte-level "
-                "tokenizer: --config.data.tokenizer=bytes"
+                "Offline? Run once with a network (transformers caches it); models trained with the "
+                "byte-level tokenizer (data.tokenizer=bytes) need no download"
             ) from None
         self.name = name
         self.vocab_size = len(self._tokenizer)
@@ -129,7 +130,7 @@ def _split_texts(data_config) -> tuple[str, str, str]:
             raise UserError(f"{path} is not UTF-8 text ({e})") from None
         description = str(path.absolute())
     else:
-        raise UserError(f"unknown text corpus {data_config.name!r}; choose one of {', '.join(CORPORA)}")
+        raise ConfigurationError(f"unknown text corpus {data_config.name!r}; choose one of {', '.join(CORPORA)}")
     cut = int(len(text) * (1 - data_config.val_fraction))
     return description, text[:cut], text[cut:]
 

@@ -17,8 +17,8 @@ import zipfile
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
+from megathread_jax import progress
 from megathread_jax.data.cache import load_arrays, save_arrays
 from megathread_jax.errors import DataNotFoundError
 
@@ -88,7 +88,7 @@ def _decode_all(source: _Source, paths: list[str], desc: str) -> np.ndarray:
     images = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pending = {}
-        for i, rel in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
+        for i, rel in enumerate(progress.bar(paths, desc=desc, unit="img", leave=False)):
             pending[pool.submit(_decode, source.read(rel), rel)] = i
         for future in concurrent.futures.as_completed(pending):
             images[pending[future]] = future.result()
@@ -141,11 +141,11 @@ def download(data_dir: pathlib.Path, url: str = URL) -> pathlib.Path:
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or ZIP_BYTES)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {ZIP_NAME}") as bar:
+            with progress.bar(total=total, unit="B", unit_scale=True, desc=f"downloading {ZIP_NAME}") as shown:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)
-                    bar.update(len(chunk))
+                    shown.update(len(chunk))
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise DataNotFoundError(_missing_message(data_dir, f"download failed ({e})")) from None
@@ -187,7 +187,7 @@ def load(data_dir: str | os.PathLike, *, download_if_missing: bool = True) -> di
         problem = _cache_problem(cached)
         if problem is None:
             return cached
-        print(f"the decoded cache in {cache} is stale or damaged ({problem}); decoding the images again")
+        progress.message(f"the decoded cache in {cache} is stale or damaged ({problem}); decoding the images again")
     path = find_source(data_dir)
     if path is None:
         if not download_if_missing:

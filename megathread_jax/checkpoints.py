@@ -234,7 +234,7 @@ def pretrained_dir(model_name: str, init_from: str, *, then: str = "") -> pathli
     try:
         state_dict = convert.fetch(model_name, source, tag or None)
     except WeightsNotFoundError as e:
-        raise WeightsNotFoundError(f"{e}\n{then}" if then else str(e)) from None
+        raise WeightsNotFoundError(f"{e} {then}" if then else str(e)) from None
     model = convert.from_torch(model_name, state_dict, source=source)
     save_weights(directory, model, weights_meta(model_name, model, source=init_from))
     return directory

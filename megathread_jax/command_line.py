@@ -65,7 +65,7 @@ def usage() -> str:
             "flags:",
             "  --config=FILE[:VARIANT]  the experiment; FILE:list describes FILE's variants",
             "  --workdir=DIR            checkpoints, metrics, curves and final weights (default ./workdir)",
-            "  --config.FIELD=VALUE     override a field, e.g. --config.batch_size=128 --config.optim.learning_rate=3e-4",
+            "  --config.FIELD=VALUE     override a field, e.g. --config.batch_size=128",
             "  --print_config           print every field of the resolved config with its value and meaning, then exit",
         ]
     )

@@ -28,8 +28,19 @@ from megathread_jax.errors import ConfigurationError
 FROZEN = "frozen"
 
 
-def compile_pattern(pattern: str) -> re.Pattern:
-    """`features.[0-13]` -> a regex matching that path prefix (whole path components only)."""
+@dataclasses.dataclass(frozen=True)
+class PathPattern:
+    """A parameter-path pattern as the user wrote it (`text`) and as matched (`regex`)."""
+
+    text: str
+    regex: re.Pattern
+
+    def match(self, path: str) -> re.Match | None:
+        return self.regex.match(path)
+
+
+def compile_pattern(pattern: str) -> PathPattern:
+    """`features.[0-13]` -> a pattern matching that path prefix (whole path components only)."""
     parts = []
     for piece in re.split(r"(\[\d+-\d+\])", pattern.strip()):
         if re.fullmatch(r"\[\d+-\d+\]", piece):
@@ -39,7 +50,7 @@ def compile_pattern(pattern: str) -> re.Pattern:
             parts.append("(?:" + "|".join(str(i) for i in range(low, high + 1)) + ")")
         else:
             parts.append(re.escape(piece))
-    return re.compile("^" + "".join(parts) + r"(?:\.|$)")
+    return PathPattern(pattern.strip(), re.compile("^" + "".join(parts) + r"(?:\.|$)"))
 
 
 def _items(text: str) -> list[str]:
@@ -67,9 +78,9 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class FreezePlan:
-    freeze: tuple[re.Pattern, ...] = ()
-    unfreeze: tuple[tuple[re.Pattern, float], ...] = ()
-    lr_multipliers: tuple[tuple[re.Pattern, float], ...] = ()
+    freeze: tuple[PathPattern, ...] = ()
+    unfreeze: tuple[tuple[PathPattern, float], ...] = ()
+    lr_multipliers: tuple[tuple[PathPattern, float], ...] = ()
 
     @classmethod
     def from_config(cls, config) -> FreezePlan:
@@ -95,7 +106,7 @@ class FreezePlan:
         mult = next((m for p, m in self.lr_multipliers if p.match(path)), 1.0)
         return Group(lr_multiplier=mult, start_epoch=start, frozen=mult == 0)
 
-    def frozen_patterns(self, epoch: float) -> tuple[re.Pattern, ...]:
+    def frozen_patterns(self, epoch: float) -> tuple[PathPattern, ...]:
         """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""
         return self.freeze + tuple(p for p, start in self.unfreeze if epoch < start)
 
@@ -105,7 +116,11 @@ class FreezePlan:
         patterns = list(self.freeze) + [p for p, _ in self.unfreeze] + [p for p, _ in self.lr_multipliers]
         for pattern in patterns:
             if not any(pattern.match(path) for path in paths):
-                raise ConfigurationError(f"parameter pattern {pattern.pattern!r} matches no parameter of the model")
+                tops = ", ".join(sorted({path.split(".")[0] for path in paths}))
+                raise ConfigurationError(
+                    f"parameter pattern {pattern.text!r} matches no parameter of the model; its parameter "
+                    f"paths start with {tops} (e.g. {paths[0].rsplit('.', 1)[0]})"
+                )
 
 
 def _dotted(path: tuple) -> str:
@@ -149,7 +164,7 @@ def partitioned_optimizer(
     return optax.multi_transform(transforms, labels)
 
 
-def apply_inference_mode(model: nnx.Module, frozen: tuple[re.Pattern, ...]) -> None:
+def apply_inference_mode(model: nnx.Module, frozen: tuple[PathPattern, ...]) -> None:
     """Every module: training mode, except those under a frozen pattern (batch norm uses and
     keeps its running statistics, dropout is off)."""
     model.train()

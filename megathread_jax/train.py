@@ -127,7 +127,7 @@ def phased_train_steps(
     def step_fn(step: int) -> Callable:
         epoch = step / steps_per_epoch
         frozen = plan.frozen_patterns(epoch)
-        key = tuple(p.pattern for p in frozen)
+        key = tuple(p.text for p in frozen)
         if key not in compiled:
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)

@@ -3,7 +3,7 @@ runs, and leaves the workdir as it was. One test per case:
 
 | case | test |
 |---|---|
-| unknown config field / unknown variant | tests/test_main.py::test_bad_config_is_refused |
+| each mistake at the command line (fields, variants, values, reruns, generate) | tests/test_command_line.py |
 | missing data set | tests/test_main.py::test_default_config_without_data_explains_what_to_do |
 | truncated zip | test_truncated_zip |
 | bad JPEG in the zip | test_bad_jpeg |
@@ -14,7 +14,7 @@ runs, and leaves the workdir as it was. One test per case:
 | wrong channels or dtype given to a model | test_wrong_channels_or_dtype |
 | disk full while a checkpoint is saved | test_disk_full_while_saving_keeps_the_previous_checkpoint |
 | a PyTorch file that would run code | test_pickled_code_is_refused_without_running |
-| an interrupted run (SIGTERM, SIGKILL, half-written checkpoint) | tests/test_reliability.py |
+| an interrupted run (SIGTERM, SIGINT, SIGKILL, half-written checkpoint) | tests/test_reliability.py |
 | a non-finite loss | tests/test_reliability.py |
 """
 
@@ -101,7 +101,7 @@ def test_workdir_of_another_model(tmp_path):
     (workdir / "checkpoints" / "100" / "state").write_text("another run's checkpoint")
     before = _tree(workdir)
     result = run_main("--config=configs/mobilevit.py:demo", f"--workdir={workdir}", *TINY_DEMO)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "holds a run of another model" in result.stderr and "another --workdir" in result.stderr
     assert _tree(workdir) == before
 

@@ -1,9 +1,11 @@
 """Only a user's mistake becomes a one-line message; a bug in the package keeps its traceback."""
 
+import signal
+
 import pytest
 
 from megathread_jax import convert, models
-from megathread_jax.errors import ConfigurationError, UserError, exit_code_of
+from megathread_jax.errors import ConfigurationError, StoppedBySignal, UserError, exit_code_of
 
 
 def _raise(error: Exception):
@@ -13,9 +15,21 @@ def _raise(error: Exception):
     return command
 
 
-def test_a_user_error_is_one_line_and_exit_code_1(capsys):
-    assert exit_code_of(_raise(ConfigurationError("top_k must be in [1, 50], got 0"))) == 1
+def test_a_usage_error_is_one_line_and_exit_code_2(capsys):
+    assert exit_code_of(_raise(ConfigurationError("top_k must be in [1, 50], got 0"))) == 2
     assert capsys.readouterr().err == "error: top_k must be in [1, 50], got 0\n"
+
+
+def test_a_failure_exits_1_and_a_stop_by_signal_128_plus_its_number(capsys):
+    assert exit_code_of(_raise(UserError("the disk is full"))) == 1
+    assert exit_code_of(_raise(StoppedBySignal("stopped by SIGTERM", signal.SIGTERM))) == 143
+    assert exit_code_of(_raise(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the disk is full",
+        "error: stopped by SIGTERM",
+        "",
+        "error: interrupted (Ctrl-C)",
+    ]
 
 
 @pytest.mark.parametrize("bug", [ValueError("shapes"), RuntimeError("internal"), ImportError("module"), KeyError("k")])

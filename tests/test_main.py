@@ -24,12 +24,11 @@ TINY_DEMO = [
 ]
 
 
-def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -112,6 +111,8 @@ def test_mobilenetv2_demo_with_a_frozen_backbone_prints_the_split(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable and" in result.stdout and "frozen parameters" in result.stdout
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
+    # Piped into a log: no progress bar, whose redraws would all pile onto one line there.
+    assert "\r" not in result.stdout + result.stderr and "step/s" not in result.stderr
 
 
 def test_gpt2_demo_learns_then_generates_and_evaluates_from_its_checkpoint(tmp_path):

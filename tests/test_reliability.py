@@ -56,7 +56,7 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
     _wait_for_step(first, run, 3)
     first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 1 and "Traceback" not in stderr
+    assert first.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
     stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split(";")[0])
     assert (run / "checkpoints" / str(stopped_at)).is_dir()
 
@@ -79,6 +79,16 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
     for key in ours:
         np.testing.assert_array_equal(ours[key], reference[key], err_msg=key)  # bit-identical
     assert _final_val(run) == _final_val(tmp_path / "a")
+
+
+def test_ctrl_c_saves_then_exits_130(tmp_path):
+    process = _start(tmp_path)
+    _wait_for_step(process, tmp_path, 2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr
+    stopped_at = int(stderr.split("stopped by SIGINT after step ")[1].split(";")[0])
+    assert (tmp_path / "checkpoints" / str(stopped_at)).is_dir() and "Rerun the same command" in stderr
 
 
 NAN_RUN = [

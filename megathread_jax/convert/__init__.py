@@ -91,7 +91,7 @@ def fetch(name: str, source: str, tag: str | None = None) -> dict[str, Any]:
         ) from e
     except Exception as e:  # offline: hub and socket errors come in many types
         raise WeightsNotFoundError(
-            f"could not download the {source} weights of {name} ({type(e).__name__}: {e}).\n"
+            f"could not download the {source} weights of {name} ({type(e).__name__}: {str(e).splitlines()[0]}). "
             "Offline? Download the weights on a machine with a network and pass the file: "
             f"python -m megathread_jax.convert --model {name} --source {source} --weights FILE --out DIR"
         ) from e

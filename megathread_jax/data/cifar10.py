@@ -40,7 +40,7 @@ def _prepare(builder, data_dir: pathlib.Path) -> None:
         builder.download_and_prepare()
     except Exception as e:  # network errors come as many types
         raise DataNotFoundError(
-            f"could not download CIFAR-10 into {data_dir} ({type(e).__name__}: {str(e)[:200]}).\n"
+            f"could not download CIFAR-10 into {data_dir} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             'Offline? Prepare it on a machine with a network (python -c "import tensorflow_datasets as tfds; '
             f"tfds.builder('cifar10', data_dir='{data_dir}', file_format='array_record').download_and_prepare()\") "
             "and copy the folder here, or try the built-in data: --config=configs/mobilenetv2.py:demo"

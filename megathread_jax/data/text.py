@@ -59,7 +59,7 @@ class HuggingFaceTokenizer:
             self._tokenizer = hub.from_pretrained(AutoTokenizer.from_pretrained, name)
         except OSError as e:
             raise DataNotFoundError(
-                f"could not load the Hugging Face tokenizer {name!r} ({str(e).splitlines()[0]}).\n"
+                f"could not load the Hugging Face tokenizer {name!r} ({str(e).splitlines()[0]}). "
                 "Offline? Run once with a network (transformers caches it); models trained with the "
                 "byte-level tokenizer (data.tokenizer=bytes) need no download"
             ) from None
@@ -103,7 +103,7 @@ def _hf_dataset_text(data_config, split: str) -> str:
     except Exception as e:  # offline: hub and socket errors come in many types
         raise DataNotFoundError(
             f"could not load {data_config.hf_dataset} ({data_config.hf_config}) split {split!r} "
-            f"({type(e).__name__}).\nOffline? Save the text to a file and use "
+            f"({type(e).__name__}). Offline? Save the text to a file and use "
             "--config.data.name=text_file --config.data.path=FILE, or --config=configs/gpt2.py:demo"
         ) from None
     return "\n\n".join(rows["text"])

@@ -162,8 +162,8 @@ def download(data_dir: pathlib.Path, url: str = URL) -> pathlib.Path:
 
 def _missing_message(data_dir: pathlib.Path, reason: str) -> str:
     return (
-        f"Tiny ImageNet not found in {data_dir} and {reason}.\n"
-        f"Put {ZIP_NAME} (from {URL}) or its extracted folder {ROOT}/ in {data_dir},\n"
+        f"Tiny ImageNet not found in {data_dir} and {reason}. "
+        f"Put {ZIP_NAME} (from {URL}) or its extracted folder {ROOT}/ in {data_dir}, "
         "or point --config.data.data_dir at it, or try the built-in data: --config=configs/mobilevit.py:demo"
     )
 

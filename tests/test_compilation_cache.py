@@ -12,7 +12,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 COUNTING_MAIN = """
 import atexit, collections, json, sys
 import jax
-from absl import app
 from jax._src import dispatch
 from megathread_jax import main
 
@@ -31,8 +30,7 @@ def on_duration(event, duration, **kwargs):
 jax.monitoring.register_event_listener(on_event)
 jax.monitoring.register_event_duration_secs_listener(on_duration)
 atexit.register(lambda: print("COMPILATIONS " + json.dumps(counts)))
-sys.argv = ["main", *sys.argv[1:]]
-app.run(main.main)
+sys.exit(main.main(["main", *sys.argv[1:]]))
 """
 
 

@@ -47,6 +47,16 @@ def _final_val(workdir) -> dict:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()][-1]
 
 
+def _stop_with(process, workdir, signum: signal.Signals) -> tuple[int, str]:
+    """Sends `signum`, then checks the exit code shells expect and the checkpoint the run saved."""
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum and "Traceback" not in stderr
+    stopped_at = int(stderr.split(f"stopped by {signum.name} after step ")[1].split(";")[0])
+    assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
+    return stopped_at, stderr
+
+
 def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_path):
     uninterrupted = run_main(*RUN, f"--workdir={tmp_path / 'a'}")
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
@@ -54,11 +64,7 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
     run = tmp_path / "b"
     first = _start(run)
     _wait_for_step(first, run, 3)
-    first.send_signal(signal.SIGTERM)
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
-    stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split(";")[0])
-    assert (run / "checkpoints" / str(stopped_at)).is_dir()
+    stopped_at, _ = _stop_with(first, run, signal.SIGTERM)
 
     second = _start(run)
     _wait_for_step(second, run, stopped_at + 3)
@@ -84,11 +90,8 @@ def test_sigterm_sigkill_and_a_half_written_checkpoint_then_the_same_result(tmp_
 def test_ctrl_c_saves_then_exits_130(tmp_path):
     process = _start(tmp_path)
     _wait_for_step(process, tmp_path, 2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr
-    stopped_at = int(stderr.split("stopped by SIGINT after step ")[1].split(";")[0])
-    assert (tmp_path / "checkpoints" / str(stopped_at)).is_dir() and "Rerun the same command" in stderr
+    _, stderr = _stop_with(process, tmp_path, signal.SIGINT)
+    assert "Rerun the same command" in stderr
 
 
 NAN_RUN = [

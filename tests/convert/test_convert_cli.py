@@ -100,15 +100,16 @@ def test_offline_fetch_says_how_to_convert_a_local_file(tmp_path, monkeypatch):
     from megathread_jax.convert import mobilevit as mobilevit_family
     from megathread_jax.errors import WeightsNotFoundError
 
-    def offline(name, source):
+    def offline(name, source, tag=None):
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(mobilevit_family, "fetch", offline)
     monkeypatch.setattr(checkpoints, "WEIGHTS_CACHE", tmp_path)
     with pytest.raises(WeightsNotFoundError) as info:
-        checkpoints.pretrained_dir("mobilevit_xxs", "timm")
+        checkpoints.pretrained_dir("mobilevit_xxs", "timm", then="Then train from it with --config.init_from=DIR")
     message = str(info.value)
-    assert "--weights FILE" in message and "--config.init_from" in message
+    assert "OSError: Temporary failure in name resolution" in message
+    assert "--weights FILE" in message and message.endswith("Then train from it with --config.init_from=DIR")
     assert not list(tmp_path.iterdir())  # nothing half-written in the cache
 
 

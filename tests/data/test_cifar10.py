@@ -8,7 +8,9 @@ from megathread_jax.data import cifar10
 from megathread_jax.errors import DataNotFoundError
 
 
-def test_loads_mock_cifar10_and_caches(tmp_path):
+def test_loads_mock_cifar10_and_caches(tmp_path, monkeypatch):
+    # The mock writes the prepared files itself: it needs none of what a real preparation does.
+    monkeypatch.setattr(cifar10, "_missing_for_preparing", list)
     with mocking.mock_data(num_examples=12, policy=mocking.MockPolicy.USE_CODE):
         arrays = cifar10.load(tmp_path)
     for split in ("train", "val"):
@@ -25,10 +27,20 @@ def test_unprepared_without_download_says_what_to_do(tmp_path):
         cifar10.load(tmp_path, download_if_missing=False)
 
 
-def test_preparing_without_tensorflow_says_how_to_install(tmp_path, monkeypatch):
+def test_preparing_names_every_missing_package_before_downloading(tmp_path, monkeypatch):
     class Builder:
         def download_and_prepare(self):
-            raise ModuleNotFoundError("No module named 'tensorflow'")
+            raise AssertionError("nothing may be downloaded before the packages are there")
 
-    with pytest.raises(DataNotFoundError, match="pip install tensorflow"):
+    find_spec = cifar10.importlib.util.find_spec  # as on a machine without the cifar10 extra
+    monkeypatch.setattr(
+        cifar10.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name in cifar10.PREPARE_NEEDS else find_spec(name, *args),
+    )
+    with pytest.raises(DataNotFoundError) as info:
         cifar10._prepare(Builder(), tmp_path)
+    message = str(info.value)
+    assert "needs tensorflow and importlib_resources" in message
+    assert "pip install 'megathread_jax[cifar10]'" in message and "configs/mobilenetv2.py:demo" in message
+    assert not list(tmp_path.iterdir())

@@ -236,7 +236,8 @@ def pretrained_dir(model_name: str, init_from: str, *, then: str = "") -> pathli
     except WeightsNotFoundError as e:
         raise WeightsNotFoundError(f"{e} {then}" if then else str(e)) from None
     model = convert.from_torch(model_name, state_dict, source=source)
-    save_weights(directory, model, weights_meta(model_name, model, source=init_from))
+    meta = weights_meta(model_name, model, source=init_from, **convert.classifier_meta(model_name, model))
+    save_weights(directory, model, meta)
     return directory
 
 

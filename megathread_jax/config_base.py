@@ -59,14 +59,22 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.data.crop_scale = (0.35, 1.0)  # random_resized: area fraction
     c.data.crop_padding = 4  # pad: pixels on each side
     c.data.normalisation = "imagenet"  # megathread_jax.data.NORMALISATIONS
-    # the built-in data sets only (demo_shapes, synthetic)
+    # image_folder: your own images, DIR/train/<class>/* and DIR/val/<class>/*, or DIR/<class>/*
+    # with val_fraction of each class held out for validation
+    c.data.path = ""
+    c.data.val_fraction = 0.1
+    # Pixels per side of the images held in memory (0 = data.resolution): the built-in sets and
+    # image_folder; Tiny ImageNet and CIFAR-10 keep their native 64 and 32.
     c.data.image_size = 32
     c.data.train_size = 0
     c.data.val_size = 0
     c.data.num_classes = 10  # synthetic only
 
     c.num_epochs = 30
-    c.batch_size = 64
+    c.batch_size = 64  # examples per optimizer step, whatever grad_accum_steps is
+    # Splits each step's batch into this many microbatches run in sequence (gradients averaged):
+    # the batch of a bigger GPU in the memory of a smaller one.
+    c.grad_accum_steps = 1
     c.eval_batch_size = 250
     c.label_smoothing = 0.1
 

@@ -27,6 +27,7 @@ MEANINGS: dict[str, str] = {
     "lr_multipliers": "PATTERN=MULT,...: learning rate scaled by MULT",
     "num_epochs": "passes over the training set (0 = evaluate only)",
     "batch_size": "global training batch, split over every device",
+    "grad_accum_steps": "microbatches per step, run in sequence with their gradients averaged (1 = off)",
     "eval_batch_size": "validation batch",
     "label_smoothing": "label smoothing of the cross-entropy targets",
     "skip_nonfinite_updates": "skip an update with a non-finite loss or gradient instead of stopping",
@@ -50,7 +51,8 @@ MEANINGS: dict[str, str] = {
     "model.n_head": "attention heads",
     "model.n_embd": "model width",
     "model.n_positions": "longest sequence the model takes",
-    "data.name": "the data set: tiny_imagenet | cifar10 | demo_shapes | synthetic | pydoc | text_file | hf_dataset",
+    "data.name": "the data set: tiny_imagenet | cifar10 | image_folder | demo_shapes | synthetic | pydoc | text_file | "
+    "hf_dataset",
     "data.data_dir": "where the data set is downloaded and its decoded cache kept",
     "data.download": "download the data set when it is missing",
     "data.resolution": "pixels per side the model sees",
@@ -58,16 +60,17 @@ MEANINGS: dict[str, str] = {
     "data.crop_scale": "random_resized: (min, max) fraction of the image area kept",
     "data.crop_padding": "pad: pixels padded on each side before the crop",
     "data.normalisation": "per-channel mean/std: tiny_imagenet | imagenet | unit ([0, 1] inputs)",
-    "data.image_size": "built-in data sets: pixels per side of the stored images",
+    "data.image_size": "built-in data sets and image_folder: pixels per side of the stored images (0 = resolution)",
     "data.train_size": "built-in data sets: training examples",
     "data.val_size": "built-in data sets: validation examples",
     "data.num_classes": "synthetic data only: classes",
-    "data.path": "text_file: a UTF-8 text file",
+    "data.path": "text_file: a UTF-8 text file; image_folder: the folder of class folders",
     "data.hf_dataset": "hf_dataset: a Hugging Face dataset id",
     "data.hf_config": "hf_dataset: its configuration",
     "data.train_split": "hf_dataset: the training split",
     "data.val_split": "hf_dataset: the validation split",
-    "data.val_fraction": "pydoc / text_file: fraction at the end of the text held out for validation",
+    "data.val_fraction": "pydoc / text_file: fraction at the end of the text held out for validation; "
+    "image_folder without train/ and val/: fraction of each class held out",
     "data.tokenizer": 'a Hugging Face tokenizer name, or "bytes"',
     "data.cache_dir": "where tokenised corpora are cached",
     "data.seq_len": "tokens per training window",
@@ -149,6 +152,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _int_at_least(0),
     "num_epochs": _int_at_least(0),
     "batch_size": _int_at_least(1),
+    "grad_accum_steps": _int_at_least(1),
     "eval_batch_size": _int_at_least(1),
     "label_smoothing": _number_in(0, 1, high_open=True),
     "log_every_steps": _int_at_least(1),
@@ -170,7 +174,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.crop_scale": _crop_scale(),
     "data.crop_padding": _int_at_least(0),
     "data.normalisation": _one_of("tiny_imagenet", "imagenet", "unit"),
-    "data.image_size": _int_at_least(8),
+    "data.image_size": (lambda v: _is_int(v) and (v == 0 or v >= 8), "0 (the resolution) or an integer >= 8"),
     "data.train_size": _int_at_least(0),
     "data.val_size": _int_at_least(0),
     "data.num_classes": _int_at_least(2),
@@ -211,6 +215,8 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise _refuse(path, value_of(config, path), valid)
     if config.num_epochs and config.optim.warmup_epochs > config.num_epochs:
         raise _refuse("optim.warmup_epochs", config.optim.warmup_epochs, f"at most num_epochs ({config.num_epochs})")
+    if config.batch_size % config.grad_accum_steps:
+        raise _refuse("batch_size", config.batch_size, f"a multiple of grad_accum_steps ({config.grad_accum_steps})")
     if "data.seq_len" in present and config.data.eval_stride > config.data.seq_len:
         raise _refuse("data.eval_stride", config.data.eval_stride, f"at most data.seq_len ({config.data.seq_len})")
     freezing.FreezePlan.from_config(config)  # the patterns' syntax; what they match is checked on the model

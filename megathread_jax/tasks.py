@@ -89,9 +89,18 @@ class ImageClassification:
         self.num_val_examples = len(self.dataset.val_labels)
         self.model_kwargs = {"num_classes": self.dataset.num_classes}
         self.identity = {"num_classes": self.dataset.num_classes, "data": config.data.name}
-        self.weights_meta: dict[str, Any] = {}
         mean, std = data.NORMALISATIONS[config.data.normalisation]
         d = config.data
+        # What `predict` needs to classify a new image as validation did.
+        self.weights_meta: dict[str, Any] = {
+            "class_names": list(self.dataset.class_names),
+            "preprocess": {
+                "image_size": self.dataset.val_images.shape[1],
+                "resolution": d.resolution,
+                "mean": mean,
+                "std": std,
+            },
+        }
         self._train_preprocess = functools.partial(
             augment.train_preprocess,
             resolution=d.resolution,

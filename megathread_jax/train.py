@@ -68,6 +68,12 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
 # ----------------------------------------------------------------------------------------------
 # Steps (pure functions of the state, compiled once)
 # ----------------------------------------------------------------------------------------------
+def _microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+    """`(B, ...)` -> `(count, B / count, ...)`, microbatch i taking every count-th example from i,
+    so each microbatch stays spread over the devices the batch is split across."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -75,29 +81,55 @@ def make_train_step(
     *,
     seed: int,
     skip_nonfinite: bool = False,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted-to-be train step. With `skip_nonfinite`, a step whose loss, gradients or updated
-    parameters are not finite leaves the state as it was (counted in `skipped_updates`)."""
+    parameters are not finite leaves the state as it was (counted in `skipped_updates`). With
+    `grad_accum_steps` N > 1 the batch is processed as N microbatches in sequence and their
+    gradients averaged; batch statistics are updated microbatch by microbatch."""
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        # The step is folded into the key so a resumed run draws the same augmentations.
-        key = jax.random.fold_in(jax.random.key(seed), state.step)
-        model = nnx.merge(graphdef, state.params, state.rest)
+    def loss_and_grads(params, rest, batch, key):
+        model = nnx.merge(graphdef, params, rest)
 
         def loss_fn(model):
             return task_loss(model, batch, key)
 
         (loss, task_metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return {"loss": loss, **task_metrics}, grads, rest
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        # The step is folded into the key so a resumed run draws the same augmentations.
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+        if grad_accum_steps == 1:
+            loss_metrics, grads, rest = loss_and_grads(state.params, state.rest, batch, key)
+        else:
+            # The parameters ride in the carry (unchanged): nnx merges only values of one trace level.
+            def accumulate(carry, microbatch_and_index):
+                params, rest, metric_sums, grad_sums = carry
+                microbatch, i = microbatch_and_index
+                metrics, grads, rest = loss_and_grads(params, rest, microbatch, jax.random.fold_in(key, i))
+                sums = jax.tree.map(jnp.add, (metric_sums, grad_sums), (metrics, grads))
+                return (params, rest, *sums), None
+
+            microbatches = _microbatches(batch, grad_accum_steps)
+            shapes = jax.eval_shape(
+                loss_and_grads, state.params, state.rest, jax.tree.map(lambda x: x[0], microbatches), key
+            )
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[:2])
+            (_, rest, metric_sums, grad_sums), _ = jax.lax.scan(
+                accumulate, (state.params, state.rest, *zeros), (microbatches, jnp.arange(grad_accum_steps))
+            )
+            loss_metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, (metric_sums, grad_sums))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        _, _, rest = nnx.split(model, nnx.Param, ...)
         metrics = {
-            "loss": loss,
-            **task_metrics,
+            **loss_metrics,
             "grad_norm": optax.global_norm(grads),
             "update_norm": optax.global_norm(updates),
             "param_norm": optax.global_norm(params),
         }
+        loss = metrics["loss"]
         new_state = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
@@ -204,10 +236,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"batch size {config.batch_size} is larger than the training set ({task.num_train_examples} examples)"
         )
     mesh = parallel.make_mesh()
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % jax.device_count():
+    for name, per in (("batch_size", config.grad_accum_steps), ("eval_batch_size", 1)):
+        if config[name] % (jax.device_count() * per):
+            split = f" x {per} microbatches (config.grad_accum_steps)" if per > 1 else ""
             raise ConfigurationError(
-                f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices"
+                f"config.{name}={config[name]} must be a multiple of the {jax.device_count()} devices{split}"
             )
     label = "built-in demo data" if task.is_builtin_demo else ""
 
@@ -251,7 +284,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         plan,
         steps_per_epoch,
         lambda graphdef: make_train_step(
-            graphdef, tx, task.loss, seed=config.seed, skip_nonfinite=config.skip_nonfinite_updates
+            graphdef,
+            tx,
+            task.loss,
+            seed=config.seed,
+            skip_nonfinite=config.skip_nonfinite_updates,
+            grad_accum_steps=config.grad_accum_steps,
         ),
     )
     eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))

@@ -21,7 +21,16 @@ from megathread_jax.errors import ConfigurationError, MissingDependencyError, We
 # What a plain state_dict pickle names: torch.load(weights_only=True) reads these.
 _TENSOR_PICKLE_GLOBALS = ("torch.", "collections.OrderedDict")
 
-__all__ = ["from_torch", "to_torch", "read_weight_file", "fetch", "sources", "WeightMismatchError"]
+__all__ = [
+    "from_torch",
+    "to_torch",
+    "read_weight_file",
+    "fetch",
+    "sources",
+    "classifier_meta",
+    "WeightMismatchError",
+]
+IMAGENET_CLASSES = 1000
 
 _FAMILIES: dict[str, ModuleType] = {
     **{name: mobilevit for name in mobilevit.TIMM_IDS},
@@ -39,6 +48,32 @@ def _family(name: str) -> ModuleType:
 def sources(name: str) -> list[str]:
     """The PyTorch weight sources `from_torch` reads for model `name`."""
     return list(_family(name).SOURCES)
+
+
+def imagenet_class_names() -> list[str]:
+    """ImageNet-1k's class names in label order, as torchvision (or else timm) ships them offline;
+    empty when neither is installed (then classes are shown by number)."""
+    try:
+        from torchvision.models import MobileNet_V2_Weights
+
+        return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    except ImportError:
+        pass
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        return []
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0] for i in range(IMAGENET_CLASSES)]
+
+
+def classifier_meta(name: str, model: nnx.Module) -> dict[str, Any]:
+    """What `predict` needs beside converted image-model weights: the class names and the
+    preprocessing of the ImageNet weights, when the model has ImageNet's 1,000-class head."""
+    family = _family(name)
+    if not hasattr(family, "IMAGENET_PREPROCESS") or model.shape_kwargs().get("num_classes") != IMAGENET_CLASSES:
+        return {}
+    return {"class_names": imagenet_class_names(), "preprocess": dict(family.IMAGENET_PREPROCESS)}
 
 
 def _pick(kind: str, options: Mapping[str, Any], choice: str, name: str) -> Any:

@@ -29,7 +29,13 @@ def _to_flax(args) -> str:
     if args.n_head:
         kwargs["n_head"] = args.n_head
     model = convert.from_torch(args.model, state_dict, source=args.source, **kwargs)
-    meta = checkpoints.weights_meta(args.model, model, source=args.source, weights=str(args.weights or "published"))
+    meta = checkpoints.weights_meta(
+        args.model,
+        model,
+        source=args.source,
+        weights=str(args.weights or "published"),
+        **convert.classifier_meta(args.model, model),
+    )
     out = checkpoints.save_weights(args.out, model, meta)
     shape = ", ".join(f"{k}={v}" for k, v in meta["model_kwargs"].items() if k in ("num_classes", "n_layer", "n_embd"))
     return f"wrote {args.model} ({shape}) from {args.source} weights to {out}"

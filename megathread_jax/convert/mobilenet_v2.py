@@ -86,6 +86,13 @@ def torchvision_to_timm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
 
 SOURCES = {"torchvision": numpy_state_dict, "timm": timm_to_torchvision}
+# How the ImageNet weights see an image: torchvision's 224 px with ImageNet's mean and std.
+IMAGENET_PREPROCESS = {
+    "image_size": 224,
+    "resolution": 224,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
 TARGETS = {"torchvision": lambda sd: sd, "timm": torchvision_to_timm}
 
 

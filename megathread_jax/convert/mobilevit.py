@@ -76,6 +76,8 @@ def hf_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 SOURCES = {"timm": numpy_state_dict, "hf": hf_to_timm}
+# How the ImageNet weights see an image: timm's pretrained config (inputs in [0, 1]).
+IMAGENET_PREPROCESS = {"image_size": 256, "resolution": 256, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 TARGETS = {"timm": lambda sd: sd}
 
 

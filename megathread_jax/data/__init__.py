@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from megathread_jax.data import cifar10, demo, tiny_imagenet
+from megathread_jax.data import cifar10, demo, image_folder, tiny_imagenet
 from megathread_jax.errors import ConfigurationError
 
 # Per-channel statistics in [0, 1] units.
@@ -30,6 +30,11 @@ class ImageDataset:
     class_names: tuple[str, ...] = ()  # empty where the data set names its classes by id only
 
 
+def stored_size(data_config) -> int:
+    """Pixels per side of the images held in memory: `image_size`, or the model's resolution at 0."""
+    return data_config.image_size or data_config.resolution
+
+
 def load(data_config) -> ImageDataset:
     """The data set named by `data_config.name`."""
     if data_config.name == "tiny_imagenet":
@@ -38,8 +43,20 @@ def load(data_config) -> ImageDataset:
     if data_config.name == "cifar10":
         arrays = cifar10.load(data_config.data_dir, download_if_missing=data_config.download)
         return ImageDataset("cifar10", **arrays, num_classes=10, class_names=cifar10.CLASS_NAMES)
+    if data_config.name == "image_folder":
+        if not data_config.path:
+            raise ConfigurationError(
+                "config.data.name='image_folder' needs the folder: --config.data.path=DIR "
+                f"(laid out as {image_folder.LAYOUT})"
+            )
+        arrays, names = image_folder.load(
+            data_config.path, size=stored_size(data_config), val_fraction=data_config.val_fraction
+        )
+        return ImageDataset(
+            f"image folder {data_config.path}", **arrays, num_classes=len(names), class_names=tuple(names)
+        )
     if data_config.name == "demo_shapes":
-        size = data_config.image_size
+        size = stored_size(data_config)
         train = demo.make_shapes(data_config.train_size, size, seed=0)
         val = demo.make_shapes(data_config.val_size, size, seed=1)
         return ImageDataset(
@@ -53,14 +70,15 @@ def load(data_config) -> ImageDataset:
     if data_config.name == "synthetic":
         return _synthetic(data_config)
     raise ConfigurationError(
-        f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10', 'demo_shapes' or 'synthetic'"
+        f"unknown data set {data_config.name!r}; choose 'tiny_imagenet', 'cifar10', 'image_folder', 'demo_shapes' "
+        "or 'synthetic'"
     )
 
 
 def _synthetic(data_config) -> ImageDataset:
     """Random pixels and labels of a chosen shape: for timing runs at a data set's real size."""
     rng = np.random.default_rng(0)
-    size, num_classes = data_config.image_size, data_config.num_classes
+    size, num_classes = stored_size(data_config), data_config.num_classes
 
     def split(n):
         return rng.integers(0, 256, (n, size, size, 3), np.uint8), rng.integers(0, num_classes, n).astype(np.int32)

@@ -20,6 +20,7 @@ import numpy as np
 
 from megathread_jax.errors import ConfigurationError, DataNotFoundError, exit_code_of
 
+DEFAULT_TOP_K = 5
 BATCH_SIZE = 32  # every batch is padded to this size, so one compilation serves any number of images
 
 
@@ -68,8 +69,11 @@ def _batches(files: list[pathlib.Path], image_size: int) -> Iterator[tuple[np.nd
         yield images, len(chunk)
 
 
-def classify(directory: str | pathlib.Path, paths: Sequence[str | pathlib.Path], top_k: int = 5) -> list[dict]:
-    """Per image: its path and the `top_k` (class name, probability) pairs, most probable first."""
+def classify(
+    directory: str | pathlib.Path, paths: Sequence[str | pathlib.Path], top_k: int | None = None
+) -> list[dict]:
+    """Per image: its path and the `top_k` (class name, probability) pairs, most probable first
+    (by default 5, or every class of a model with fewer)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -81,6 +85,7 @@ def classify(directory: str | pathlib.Path, paths: Sequence[str | pathlib.Path],
     model, meta = checkpoints.model_from_weights(directory)
     prep = preprocessing(meta, directory)
     num_classes = model.shape_kwargs()["num_classes"]
+    top_k = min(DEFAULT_TOP_K, num_classes) if top_k is None else top_k
     if not 1 <= top_k <= num_classes:
         raise ConfigurationError(f"--top-k {top_k} is not valid: the model has {num_classes} classes")
     names = meta.get("class_names") or [f"class {i}" for i in range(num_classes)]
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", required=True, help="a training workdir or a directory written by the converter"
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    parser.add_argument("--top-k", type=int, help=f"classes shown per image (default {DEFAULT_TOP_K})")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of one line per image")
     args = parser.parse_args(argv)
     return exit_code_of(lambda: _print(classify(args.checkpoint, args.images, args.top_k), args.json))

@@ -19,8 +19,8 @@ DEFAULT_VARIANT = "finetune"
 def _model(name: str, **overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.name = name
-    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    m.attention_impl = "xla"  # xla | cudnn (GPU, bfloat16)
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (loss-scaled; parameters stay float32)
+    m.attention_impl = "xla"  # xla | cudnn (GPU, bfloat16 or float16)
     m.remat = "none"  # none | full | dots
     m.embd_pdrop = 0.1
     m.resid_pdrop = 0.1

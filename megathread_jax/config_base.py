@@ -37,7 +37,7 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model
-    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (loss-scaled; parameters stay float32)
     c.model.drop_rate = 0.0
     c.model.conv_impl = "auto"  # auto: "matmul" on CPU (convs as matrix products), "lax" on GPU (cuDNN)
     # "" = random init; a weight source ("timm", "hf", "torchvision", optionally ":TAG") for the

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--attention-png", help="also save the prompt's attention heatmaps to this PNG")
     parser.add_argument("--attention-layer", type=int, default=-1, help="which layer to draw (default: the last)")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ from flax import nnx, struct
 
 from megathread_jax import checkpoints, config_base, config_fields, freezing, models, optim, parallel, progress, tasks
 from megathread_jax.errors import ConfigurationError, StoppedBySignal, UserError
+from megathread_jax.loss_scale import DynamicLossScale
 from megathread_jax.metrics import MetricWriter
 
 
@@ -28,6 +29,7 @@ class TrainState:
     params: nnx.State  # nnx.Param leaves: what the optimizer updates
     rest: nnx.State  # batch statistics and RNG state
     opt_state: Any
+    loss_scale: DynamicLossScale | None = None  # float16 compute only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,41 +88,46 @@ def make_train_step(
     """The jitted-to-be train step. With `skip_nonfinite`, a step whose loss, gradients or updated
     parameters are not finite leaves the state as it was (counted in `skipped_updates`). With
     `grad_accum_steps` N > 1 the batch is processed as N microbatches in sequence and their
-    gradients averaged; batch statistics are updated microbatch by microbatch."""
+    gradients averaged; batch statistics are updated microbatch by microbatch. A state with a
+    `loss_scale` differentiates the scaled loss and skips (and counts) the updates whose gradients
+    overflow, adjusting the scale either way."""
 
-    def loss_and_grads(params, rest, batch, key):
+    def loss_and_grads(params, rest, scale, batch, key):
         model = nnx.merge(graphdef, params, rest)
 
         def loss_fn(model):
-            return task_loss(model, batch, key)
+            loss, task_metrics = task_loss(model, batch, key)
+            return (loss if scale is None else scale.scale_loss(loss)), (loss, task_metrics)
 
-        (loss, task_metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (_, (loss, task_metrics)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return {"loss": loss, **task_metrics}, grads, rest
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         # The step is folded into the key so a resumed run draws the same augmentations.
         key = jax.random.fold_in(jax.random.key(seed), state.step)
+        scale = state.loss_scale
         if grad_accum_steps == 1:
-            loss_metrics, grads, rest = loss_and_grads(state.params, state.rest, batch, key)
+            loss_metrics, grads, rest = loss_and_grads(state.params, state.rest, scale, batch, key)
         else:
             # The parameters ride in the carry (unchanged): nnx merges only values of one trace level.
             def accumulate(carry, microbatch_and_index):
                 params, rest, metric_sums, grad_sums = carry
                 microbatch, i = microbatch_and_index
-                metrics, grads, rest = loss_and_grads(params, rest, microbatch, jax.random.fold_in(key, i))
+                metrics, grads, rest = loss_and_grads(params, rest, scale, microbatch, jax.random.fold_in(key, i))
                 sums = jax.tree.map(jnp.add, (metric_sums, grad_sums), (metrics, grads))
                 return (params, rest, *sums), None
 
             microbatches = _microbatches(batch, grad_accum_steps)
-            shapes = jax.eval_shape(
-                loss_and_grads, state.params, state.rest, jax.tree.map(lambda x: x[0], microbatches), key
-            )
+            first = jax.tree.map(lambda x: x[0], microbatches)
+            shapes = jax.eval_shape(loss_and_grads, state.params, state.rest, scale, first, key)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[:2])
             (_, rest, metric_sums, grad_sums), _ = jax.lax.scan(
                 accumulate, (state.params, state.rest, *zeros), (microbatches, jnp.arange(grad_accum_steps))
             )
             loss_metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, (metric_sums, grad_sums))
+        if scale is not None:
+            grads = scale.unscale(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -137,6 +144,17 @@ def make_train_step(
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
             metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
             metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+        elif scale is not None:
+            # An overflow is expected now and then: skipped, not fatal. The loss is kept, so a loss
+            # that is itself not finite still stops the run.
+            finite = jnp.isfinite(metrics["grad_norm"])
+            kept = state.replace(step=state.step + 1)
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+            metrics.update({k: jnp.where(finite, metrics[k], 0.0) for k in ("grad_norm", "update_norm")})
+            metrics["param_norm"] = jnp.where(finite, metrics["param_norm"], optax.global_norm(state.params))
+            metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+        if scale is not None:
+            new_state = new_state.replace(loss_scale=scale.adjust(finite))
         return new_state, metrics
 
     return train_step
@@ -267,7 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     num_params = sum(x.size for x in jax.tree.leaves(params))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        loss_scale=DynamicLossScale.create() if config.model.dtype == "float16" else None,
+    )
     state = parallel.replicate(state, mesh)
 
     # -- checkpoints: resume if the workdir has one
@@ -340,6 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     interval_steps * task.examples_per_step(config.batch_size) / elapsed
                 )
                 means["learning_rate"] = float(schedule(done - 1))  # the rate of the last step
+                if state.loss_scale is not None:
+                    means["loss_scale"] = float(state.loss_scale.scale)  # the scale the next step uses
                 writer.write(done, "train", means)
                 interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
             if end_of_epoch:

@@ -241,7 +241,7 @@ def _weights_directory(args) -> pathlib.Path:
         if held not in gpt2.SIZES:
             raise ConfigurationError(
                 f"{args.checkpoint} holds {held!r} weights, an image model: generate needs a GPT-2 checkpoint "
-                "(predict images with the training run's validation, or convert it with --target)"
+                f"(classify images with it: python -m megathread_jax.predict --checkpoint {args.checkpoint} IMAGE...)"
             )
         return directory
     return checkpoints.pretrained_dir(

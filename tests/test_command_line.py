@@ -149,7 +149,7 @@ def test_generate_refuses_an_image_model_naming_it(tmp_path):
     model = models.create("mobilevit_xxs", num_classes=10)
     weights = checkpoints.save_weights(tmp_path / "image", model, checkpoints.weights_meta("mobilevit_xxs", model))
     result = run_module("megathread_jax.generate", "--checkpoint", str(weights), "--prompt", "hi")
-    refused(result, 2, "holds 'mobilevit_xxs' weights", "GPT-2 checkpoint")
+    refused(result, 2, "holds 'mobilevit_xxs' weights", "GPT-2 checkpoint", "megathread_jax.predict")
     assert result.stdout == ""
 
 

@@ -77,6 +77,9 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.eval_batch_size = 250
     c.label_smoothing = 0.1
+    # An exponential moving average of the weights, validated beside them each epoch; the final
+    # weights are the average when it validates better (0 = off; 0.999 is common).
+    c.ema_decay = 0.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # or "sgd"

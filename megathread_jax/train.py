@@ -30,6 +30,7 @@ class TrainState:
     rest: nnx.State  # batch statistics and RNG state
     opt_state: Any
     loss_scale: DynamicLossScale | None = None  # float16 compute only
+    ema_params: nnx.State | None = None  # exponential moving average of `params` (ema_decay > 0 only)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,13 +85,15 @@ def make_train_step(
     seed: int,
     skip_nonfinite: bool = False,
     grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted-to-be train step. With `skip_nonfinite`, a step whose loss, gradients or updated
     parameters are not finite leaves the state as it was (counted in `skipped_updates`). With
     `grad_accum_steps` N > 1 the batch is processed as N microbatches in sequence and their
     gradients averaged; batch statistics are updated microbatch by microbatch. A state with a
     `loss_scale` differentiates the scaled loss and skips (and counts) the updates whose gradients
-    overflow, adjusting the scale either way."""
+    overflow, adjusting the scale either way. With `ema_decay` > 0 the state's `ema_params` follow
+    the parameters: `ema <- decay * ema + (1 - decay) * params` after every applied update."""
 
     def loss_and_grads(params, rest, scale, batch, key):
         model = nnx.merge(graphdef, params, rest)
@@ -138,6 +141,10 @@ def make_train_step(
         }
         loss = metrics["loss"]
         new_state = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
+        if ema_decay:
+            # In this form a parameter that did not move (a frozen one) leaves its average exactly as it was.
+            ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), state.ema_params, params)
+            new_state = new_state.replace(ema_params=ema)
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
             kept = state.replace(step=state.step + 1)
@@ -196,10 +203,10 @@ def make_eval_step(graphdef: nnx.GraphDef, eval_sums: Callable[[nnx.Module, dict
     return eval_step
 
 
-def evaluate(eval_step, state: TrainState, task, mesh) -> dict[str, float]:
+def evaluate(eval_step, params: nnx.State, rest: nnx.State, task, mesh) -> dict[str, float]:
     totals = None
     for batch in task.eval_batches():
-        sums = eval_step(state.params, state.rest, parallel.shard_batch(mesh, batch))
+        sums = eval_step(params, rest, parallel.shard_batch(mesh, batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return task.summarise(jax.device_get(totals))
 
@@ -291,6 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         rest=rest,
         opt_state=tx.init(params),
         loss_scale=DynamicLossScale.create() if config.model.dtype == "float16" else None,
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None,
     )
     state = parallel.replicate(state, mesh)
 
@@ -314,11 +322,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             seed=config.seed,
             skip_nonfinite=config.skip_nonfinite_updates,
             grad_accum_steps=config.grad_accum_steps,
+            ema_decay=config.ema_decay,
         ),
     )
     eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
 
     writer = MetricWriter(workdir, label=label)
+
+    def validate(state: TrainState, step: int) -> tuple[dict[str, float], dict[str, float]]:
+        """Validation metrics of the weights and, with `ema_decay`, of their moving average."""
+        raw = evaluate(eval_step, state.params, state.rest, task, mesh)
+        writer.write(step, "val", raw)
+        if not config.ema_decay:
+            return raw, {}
+        averaged = evaluate(eval_step, state.ema_params, state.rest, task, mesh)
+        writer.write(step, "val_ema", averaged)
+        return raw, averaged
+
     start = int(state.step)
     progress.message(
         f"{config.model.name}: {num_params:,} parameters on {jax.device_count()} {jax.default_backend()} "
@@ -328,6 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # -- loop
     val_metrics: dict[str, float] = {}
+    ema_metrics: dict[str, float] = {}
     interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
     stop = StopRequest()
     try:
@@ -369,8 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 writer.write(done, "train", means)
                 interval_sums, interval_steps, interval_start = None, 0, time.perf_counter()
             if end_of_epoch:
-                val_metrics = evaluate(eval_step, state, task, mesh)
-                writer.write(done, "val", val_metrics)
+                val_metrics, ema_metrics = validate(state, done)
                 store.save(done, state, metrics=val_metrics, weights={"params": state.params, "rest": state.rest})
                 interval_start = time.perf_counter()
             elif save_now:
@@ -388,11 +408,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         stop.restore()
 
     if not val_metrics:  # nothing to train, or resumed after the last step: report the final state
-        val_metrics = evaluate(eval_step, state, task, mesh)
-        writer.write(int(state.step), "val", val_metrics)
+        val_metrics, ema_metrics = validate(state, int(state.step))
     store.close()
-    nnx.update(model, state.params, state.rest)
-    meta = checkpoints.weights_meta(config.model.name, model, step=int(state.step), **task.weights_meta)
+    final_params, weights_from = state.params, "raw"
+    if config.ema_decay:
+        raw, averaged = val_metrics[task.best_metric], ema_metrics[task.best_metric]
+        if averaged > raw if task.best_mode == "max" else averaged < raw:
+            final_params, weights_from, val_metrics = state.ema_params, "ema", ema_metrics
+        chosen = "the moving average" if weights_from == "ema" else "the raw weights"
+        progress.message(
+            f"final weights are {chosen}: validation {task.best_metric} {averaged:.4g} averaged, {raw:.4g} raw"
+        )
+    nnx.update(model, final_params, state.rest)
+    meta = checkpoints.weights_meta(
+        config.model.name, model, step=int(state.step), weights_from=weights_from, **task.weights_meta
+    )
     # Every process takes part in the save.
     final_weights = checkpoints.save_weights(workdir / checkpoints.FINAL_WEIGHTS, model, meta)
     if jax.process_index() == 0:

@@ -37,7 +37,7 @@ def _loss(model, batch, key):
     return jnp.mean(losses) * batch["amplify"][0], {"accuracy": jnp.mean(hits)}
 
 
-def _float16_gpt2_state(tx):
+def _float16_gpt2_state(tx, *, ema: bool = False):
     model = models.create(
         "gpt2", seed=0, n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, dtype="float16"
     )
@@ -48,6 +48,7 @@ def _float16_gpt2_state(tx):
         rest=rest,
         opt_state=tx.init(params),
         loss_scale=DynamicLossScale.create(),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
     )
     return graphdef, state
 
@@ -105,10 +106,10 @@ def _leaves(state: TrainState) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(keys_as_data))]
 
 
-def test_the_scale_is_checkpointed_and_a_resumed_run_is_exact(tmp_path):
+def test_the_scale_and_the_weights_average_are_checkpointed_and_a_resumed_run_is_exact(tmp_path):
     tx = optax.adamw(1e-2)
-    graphdef, start = _float16_gpt2_state(tx)
-    step = jax.jit(make_train_step(graphdef, tx, _loss, seed=0, grad_accum_steps=2))
+    graphdef, start = _float16_gpt2_state(tx, ema=True)
+    step = jax.jit(make_train_step(graphdef, tx, _loss, seed=0, grad_accum_steps=2, ema_decay=0.9))
     batches = [_batch(amplify=1e30 if i == 1 else 1.0) for i in range(6)]  # one overflow in the first half
 
     state = start

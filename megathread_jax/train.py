@@ -145,20 +145,20 @@ def make_train_step(
             # In this form a parameter that did not move (a frozen one) leaves its average exactly as it was.
             ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), state.ema_params, params)
             new_state = new_state.replace(ema_params=ema)
+        finite = None
         if skip_nonfinite:
             finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
-            kept = state.replace(step=state.step + 1)
-            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
-            metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
-            metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
         elif scale is not None:
-            # An overflow is expected now and then: skipped, not fatal. The loss is kept, so a loss
-            # that is itself not finite still stops the run.
-            finite = jnp.isfinite(metrics["grad_norm"])
+            finite = jnp.isfinite(metrics["grad_norm"])  # an overflow, expected now and then: skipped, not fatal
+        if finite is not None:
             kept = state.replace(step=state.step + 1)
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
-            metrics.update({k: jnp.where(finite, metrics[k], 0.0) for k in ("grad_norm", "update_norm")})
-            metrics["param_norm"] = jnp.where(finite, metrics["param_norm"], optax.global_norm(state.params))
+            if skip_nonfinite:
+                metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+            else:
+                # The loss is kept, so a loss that is itself not finite still stops the run.
+                metrics.update({k: jnp.where(finite, metrics[k], 0.0) for k in ("grad_norm", "update_norm")})
+                metrics["param_norm"] = optax.global_norm(new_state.params)
             metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
         if scale is not None:
             new_state = new_state.replace(loss_scale=scale.adjust(finite))
@@ -298,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         rest=rest,
         opt_state=tx.init(params),
         loss_scale=DynamicLossScale.create() if config.model.dtype == "float16" else None,
-        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None,
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None,  # own buffers: the state is donated
     )
     state = parallel.replicate(state, mesh)
 
@@ -413,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     final_params, weights_from = state.params, "raw"
     if config.ema_decay:
         raw, averaged = val_metrics[task.best_metric], ema_metrics[task.best_metric]
-        if averaged > raw if task.best_mode == "max" else averaged < raw:
+        if (averaged > raw) if task.best_mode == "max" else (averaged < raw):
             final_params, weights_from, val_metrics = state.ema_params, "ema", ema_metrics
         chosen = "the moving average" if weights_from == "ema" else "the raw weights"
         progress.message(

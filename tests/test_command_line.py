@@ -82,12 +82,14 @@ def test_print_config_shows_values_and_meanings_and_writes_nothing(tmp_path):
     ],
 )
 def test_usage_errors_exit_2_in_one_line_and_write_nothing(tmp_path, args, words):
-    refused(run_main(*args, f"--workdir={tmp_path / 'run'}"), 2, *words, unwritten=tmp_path / "run")
+    message = refused(run_main(*args, f"--workdir={tmp_path / 'run'}"), 2, unwritten=tmp_path / "run")
+    assert all(word in message for word in words), message
 
 
 def test_a_freezing_pattern_that_matches_nothing_is_refused_before_the_workdir_is_made(tmp_path):
     result = run_main(DEMO, f"--workdir={tmp_path / 'run'}", "--config.freeze=stage.[0-1]", *TINY_DEMO)
-    refused(result, 2, "'stage.[0-1]'", "matches no parameter", unwritten=tmp_path / "run")
+    message = refused(result, 2, unwritten=tmp_path / "run")
+    assert "'stage.[0-1]'" in message and "matches no parameter" in message, message
 
 
 def _tree(directory: pathlib.Path) -> dict[str, bytes]:

@@ -15,8 +15,8 @@ import optax
 from flax import nnx
 
 from benchmarks import profiling
-from megathread_jax import parallel, tasks
-from megathread_jax.train import TrainState, make_train_step
+from megathread_jax import tasks
+from megathread_jax.train import TrainState, initial_state, make_train_step
 
 # Steps traced by `--profile`, after the timed ones.
 PROFILED_STEPS = 3
@@ -55,13 +55,14 @@ def seconds_per_flax_step(
 ) -> float:
     """Mean seconds of the training loop's jitted, donated AdamW train step of `loss` (compile excluded).
 
-    With a `mesh`, the state is replicated over it first, as the training loop does. With
+    With a `mesh`, the state is laid out over it first, as the training loop does. With
     `profile_to`, `PROFILED_STEPS` more steps are traced there."""
     tx = optax.adamw(1e-3, weight_decay=0.05)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
-    if mesh is not None:
-        state = parallel.replicate(state, mesh)
+    if mesh is None:
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+    else:
+        state, _ = initial_state(params, rest, tx, mesh)
     step = jax.jit(make_train_step(graphdef, tx, loss, seed=0), donate_argnums=0)
     started = time.perf_counter()
     for i in range(warmup):

@@ -81,6 +81,11 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     # weights are the average when it validates better (0 = off; 0.999 is common).
     c.ema_decay = 0.0
 
+    c.parallel = ml_collections.ConfigDict()
+    # Devices each parameter and optimizer-state array is split over (the `fsdp` mesh axis); the
+    # other devices form the data-parallel axis. 1 = the state replicated on every device.
+    c.parallel.fsdp = 1
+
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # or "sgd"
     c.optim.learning_rate = 1e-3

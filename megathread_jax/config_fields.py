@@ -86,6 +86,7 @@ MEANINGS: dict[str, str] = {
     "optim.b2": "AdamW's second-moment decay",
     "optim.momentum": "SGD momentum (0 = none)",
     "optim.grad_clip_norm": "clip gradients to this global norm (0 = off)",
+    "parallel.fsdp": "devices each parameter and optimizer-state array is sharded over (1 = replicated)",
 }
 
 # Fields a rerun in the same workdir may change: they decide how often the run reports and saves,
@@ -107,6 +108,7 @@ RESUMABLE_CHANGES = frozenset(
         "model.conv_impl",
         "model.remat",
         "model.attention_impl",
+        "parallel.fsdp",
     }
 )
 
@@ -193,6 +195,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.b2": _number_in(0, 1, high_open=True),
     "optim.momentum": _number_in(0, 1, high_open=True),
     "optim.grad_clip_norm": _non_negative_number(),
+    "parallel.fsdp": _int_at_least(1),
 }
 
 

@@ -68,6 +68,34 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
     return model
 
 
+def initial_state(
+    params: nnx.State,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    *,
+    loss_scaled: bool = False,
+    moving_average: bool = False,
+) -> tuple[TrainState, Any]:
+    """The train state at step 0 laid out over `mesh` by `parallel.state_shardings`, and that
+    layout. The model's arrays are sent shard by shard; the optimizer state and the moving average
+    are created in place, so no device ever holds more than its share of them."""
+
+    def create(params, rest):
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            rest=rest,
+            opt_state=tx.init(params),
+            loss_scale=DynamicLossScale.create() if loss_scaled else None,
+            ema_params=jax.tree.map(jnp.copy, params) if moving_average else None,
+        )
+
+    layout = parallel.state_shardings(jax.eval_shape(create, params, rest), mesh)
+    placed = parallel.place((params, rest), (layout.params, layout.rest))
+    return jax.jit(create, out_shardings=layout)(*placed), layout
+
+
 # ----------------------------------------------------------------------------------------------
 # Steps (pure functions of the state, compiled once)
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise ConfigurationError(
             f"batch size {config.batch_size} is larger than the training set ({task.num_train_examples} examples)"
         )
-    mesh = parallel.make_mesh()
+    if jax.device_count() % config.parallel.fsdp:
+        raise ConfigurationError(
+            f"config.parallel.fsdp={config.parallel.fsdp} must divide the {jax.device_count()} devices"
+        )
+    mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
     for name, per in (("batch_size", config.grad_accum_steps), ("eval_batch_size", 1)):
         if config[name] % (jax.device_count() * per):
             split = f" x {per} microbatches (config.grad_accum_steps)" if per > 1 else ""
@@ -292,15 +324,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     num_params = sum(x.size for x in jax.tree.leaves(params))
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        rest=rest,
-        opt_state=tx.init(params),
-        loss_scale=DynamicLossScale.create() if config.model.dtype == "float16" else None,
-        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None,  # own buffers: the state is donated
+    state, state_layout = initial_state(
+        params, rest, tx, mesh, loss_scaled=config.model.dtype == "float16", moving_average=bool(config.ema_decay)
     )
-    state = parallel.replicate(state, mesh)
+    # The model keeps only the graph from here on: its arrays are the state's, which the steps donate.
+    nnx.update(model, state.params, state.rest)
+    del params, rest
 
     # -- checkpoints: resume if the workdir has one
     store = checkpoints.CheckpointStore(
@@ -315,14 +344,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         model,
         plan,
         steps_per_epoch,
-        lambda graphdef: make_train_step(
-            graphdef,
-            tx,
-            task.loss,
-            seed=config.seed,
-            skip_nonfinite=config.skip_nonfinite_updates,
-            grad_accum_steps=config.grad_accum_steps,
-            ema_decay=config.ema_decay,
+        lambda graphdef: parallel.keep_layout(
+            make_train_step(
+                graphdef,
+                tx,
+                task.loss,
+                seed=config.seed,
+                skip_nonfinite=config.skip_nonfinite_updates,
+                grad_accum_steps=config.grad_accum_steps,
+                ema_decay=config.ema_decay,
+            ),
+            state_layout,
         ),
     )
     eval_step = jax.jit(make_eval_step(eval_graphdef, task.eval_sums))
@@ -340,10 +372,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         return raw, averaged
 
     start = int(state.step)
+    state_bytes = parallel.bytes_on_first_device((state.params, state.opt_state))
     progress.message(
         f"{config.model.name}: {num_params:,} parameters on {jax.device_count()} {jax.default_backend()} "
-        f"device(s); {task.name}: {task.num_train_examples} train / {task.num_val_examples} val examples; "
-        f"{steps_per_epoch} steps/epoch, {total_steps} steps"
+        f"device(s), {state_bytes / 2**20:.2f} MiB of parameters and optimizer state on each (mesh "
+        f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); {task.name}: {task.num_train_examples} train / "
+        f"{task.num_val_examples} val examples; {steps_per_epoch} steps/epoch, {total_steps} steps"
     )
 
     # -- loop

@@ -79,6 +79,8 @@ def test_print_config_shows_values_and_meanings_and_writes_nothing(tmp_path):
         ([DEMO, "--config.num_epochs=-1"], ["config.num_epochs=-1", "an integer >= 0"]),
         ([DEMO, "--config.data.crop_scale=(0.5,2.0)"], ["config.data.crop_scale=(0.5, 2.0)", "0 < min <= max <= 1"]),
         ([DEMO, "--config.freeze=stages.[4-1]"], ["empty range [4-1]"]),
+        ([DEMO, "--config.parallel.fsdp=0"], ["config.parallel.fsdp=0", "an integer >= 1"]),
+        ([DEMO, "--config.parallel.fsdp=3"], ["config.parallel.fsdp=3 must divide the 1 devices"]),
     ],
 )
 def test_usage_errors_exit_2_in_one_line_and_write_nothing(tmp_path, args, words):

@@ -8,6 +8,7 @@ sharded parameters where the step needs them whole.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -94,8 +95,10 @@ def bytes_on_first_device(tree: Any) -> int:
 
 def keep_layout(step: Callable, shardings: Any) -> Callable:
     """`step(state, batch) -> (state, metrics)` whose new state keeps the layout `shardings`, so
-    each compiled step takes and returns the state sharded alike."""
+    each compiled step takes and returns the state sharded alike. It keeps `step`'s name, which
+    names the compiled program in profiles and in the compilation cache's logs."""
 
+    @functools.wraps(step)
     def constrained(state, batch):
         new_state, metrics = step(state, batch)
         return jax.lax.with_sharding_constraint(new_state, shardings), metrics

@@ -16,7 +16,7 @@ def compute_dtype(device: jax.Device | None = None) -> str:
     device = device or jax.devices()[0]
     if device.platform == "tpu":
         return "bfloat16"
-    if device.platform not in ("gpu", "cuda"):
+    if device.platform != "gpu":
         return "float32"
     try:
         capability = float(getattr(device, "compute_capability", ""))

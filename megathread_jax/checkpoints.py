@@ -142,28 +142,38 @@ def weights_meta(model_name: str, model: nnx.Module, **extra: Any) -> dict[str, 
 
 def save_weights(directory: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> pathlib.Path:
     """Writes the model's parameters and statistics plus `model.json` (see `weights_meta`)."""
+    return save_arrays(directory, models.weight_state(model), meta)
+
+
+def save_arrays(
+    directory: str | pathlib.Path, state: nnx.State, meta: dict[str, Any], *, meta_file: str = WEIGHTS_META
+) -> pathlib.Path:
+    """Writes `state`'s arrays (orbax, in `weights/`) and `meta` as `meta_file` into `directory`."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "weights", nnx.to_pure_dict(models.weight_state(model)), force=True)
+    checkpointer.save(directory / "weights", nnx.to_pure_dict(state), force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / WEIGHTS_META).write_text(json.dumps(meta, indent=1))
+        (directory / meta_file).write_text(json.dumps(meta, indent=1))
     return directory
 
 
-def read_meta(directory: str | pathlib.Path) -> dict[str, Any]:
-    """The `model.json` of a directory written by `save_weights`."""
+def read_meta(directory: str | pathlib.Path, *, meta_file: str = WEIGHTS_META) -> dict[str, Any]:
+    """The `model.json` (or `meta_file`) of a directory written by `save_weights` (`save_arrays`)."""
     directory = pathlib.Path(directory).expanduser().absolute()
-    if not (directory / WEIGHTS_META).is_file():
-        raise WeightsNotFoundError(f"no converted weights in {directory} (no {WEIGHTS_META})")
-    return json.loads((directory / WEIGHTS_META).read_text())
+    if not (directory / meta_file).is_file():
+        what = "converted weights" if meta_file == WEIGHTS_META else "saved arrays"
+        raise WeightsNotFoundError(f"no {what} in {directory} (no {meta_file})")
+    return json.loads((directory / meta_file).read_text())
 
 
-def read_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, nested dict of arrays) from a directory written by `save_weights`."""
+def read_weights(
+    directory: str | pathlib.Path, *, meta_file: str = WEIGHTS_META
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, nested dict of arrays) from a directory written by `save_weights` (`save_arrays`)."""
     directory = pathlib.Path(directory).expanduser().absolute()
-    meta = read_meta(directory)
+    meta = read_meta(directory, meta_file=meta_file)
     checkpointer = ocp.StandardCheckpointer()
     # Restored onto this process's first device, whatever mesh wrote them (e.g. a multi-host run).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -49,6 +49,11 @@ def base_config(variant: str, model: str) -> ml_collections.ConfigDict:
     c.freeze = ""  # frozen for the whole run
     c.unfreeze = ""  # "PATTERN@EPOCH,...": frozen until EPOCH
     c.lr_multipliers = ""  # "PATTERN=MULT,..."
+    # LoRA (megathread_jax/lora.py, GPT-2): low-rank adapters train, every base weight stays frozen.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = off
+    c.lora.alpha = 16.0  # an adapter's output is scaled by alpha / rank
+    c.lora.targets = ""  # projection path patterns ("transformer.h.[0-5].attn"); "" = all of them
 
     c.data = ml_collections.ConfigDict()
     c.data.name = ""

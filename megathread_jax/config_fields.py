@@ -25,6 +25,9 @@ MEANINGS: dict[str, str] = {
     "freeze": "parameter patterns frozen for the whole run (features.[0-13])",
     "unfreeze": "PATTERN@EPOCH,...: frozen until that epoch",
     "lr_multipliers": "PATTERN=MULT,...: learning rate scaled by MULT",
+    "lora.rank": "rank of the LoRA adapters; only they train (0 = off: every parameter trains)",
+    "lora.alpha": "LoRA scale numerator: an adapter adds alpha / rank * x @ a @ b",
+    "lora.targets": 'projections given adapters, as path patterns ("" = every attention and MLP projection)',
     "num_epochs": "passes over the training set (0 = evaluate only)",
     "batch_size": "global training batch, split over every device",
     "grad_accum_steps": "microbatches per step, run in sequence with their gradients averaged (1 = off)",
@@ -154,6 +157,8 @@ def _crop_scale():
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _int_at_least(0),
     "num_epochs": _int_at_least(0),
+    "lora.rank": _int_at_least(0),
+    "lora.alpha": _positive_number(),
     "batch_size": _int_at_least(1),
     "grad_accum_steps": _int_at_least(1),
     "eval_batch_size": _int_at_least(1),
@@ -225,6 +230,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     if "data.seq_len" in present and config.data.eval_stride > config.data.seq_len:
         raise _refuse("data.eval_stride", config.data.eval_stride, f"at most data.seq_len ({config.data.seq_len})")
     freezing.FreezePlan.from_config(config)  # the patterns' syntax; what they match is checked on the model
+    for pattern in freezing.split_items(config.lora.targets):
+        freezing.compile_pattern(pattern)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:

@@ -53,7 +53,7 @@ def compile_pattern(pattern: str) -> PathPattern:
     return PathPattern(pattern.strip(), re.compile("^" + "".join(parts) + r"(?:\.|$)"))
 
 
-def _items(text: str) -> list[str]:
+def split_items(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -81,30 +81,38 @@ class FreezePlan:
     freeze: tuple[PathPattern, ...] = ()
     unfreeze: tuple[tuple[PathPattern, float], ...] = ()
     lr_multipliers: tuple[tuple[PathPattern, float], ...] = ()
+    # When set, only parameters under these patterns train (LoRA's adapters); the others are frozen
+    # in the optimizer only, so their modules keep training mode (dropout).
+    train_only: tuple[PathPattern, ...] = ()
 
     @classmethod
     def from_config(cls, config) -> FreezePlan:
         return cls(
-            freeze=tuple(compile_pattern(p) for p in _items(config.freeze)),
+            freeze=tuple(compile_pattern(p) for p in split_items(config.freeze)),
             unfreeze=tuple(
-                (compile_pattern(p), e) for p, e in (_split(i, "@", "unfreeze") for i in _items(config.unfreeze))
+                (compile_pattern(p), e) for p, e in (_split(i, "@", "unfreeze") for i in split_items(config.unfreeze))
             ),
             lr_multipliers=tuple(
                 (compile_pattern(p), m)
-                for p, m in (_split(i, "=", "lr_multipliers") for i in _items(config.lr_multipliers))
+                for p, m in (_split(i, "=", "lr_multipliers") for i in split_items(config.lr_multipliers))
             ),
         )
 
     @property
     def is_trivial(self) -> bool:
-        return not (self.freeze or self.unfreeze or self.lr_multipliers)
+        return not (self.freeze or self.unfreeze or self.lr_multipliers or self.train_only)
 
     def group_of(self, path: str) -> Group:
-        if any(p.match(path) for p in self.freeze):
+        outside_trained = self.train_only and not any(p.match(path) for p in self.train_only)
+        if outside_trained or any(p.match(path) for p in self.freeze):
             return Group(frozen=True)
         start = next((e for p, e in self.unfreeze if p.match(path)), 0.0)
         mult = next((m for p, m in self.lr_multipliers if p.match(path)), 1.0)
         return Group(lr_multiplier=mult, start_epoch=start, frozen=mult == 0)
+
+    def trained_at_some_point(self, path: tuple, _value: Any = None) -> bool:
+        """An nnx filter: the parameters that train in some epoch (not frozen for the whole run)."""
+        return not self.group_of(_dotted(path)).frozen
 
     def frozen_patterns(self, epoch: float) -> tuple[PathPattern, ...]:
         """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""

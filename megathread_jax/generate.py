@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Hugging Face's published weights (downloaded and converted once)",
     )
     source.add_argument("--checkpoint", help="a training workdir or a directory written by the converter")
+    parser.add_argument(
+        "--adapter", help="a LoRA run's adapter (WORKDIR/adapter), put onto the weights of --model or --checkpoint"
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -298,11 +301,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_cli(args: argparse.Namespace) -> None:
-    from megathread_jax import attention_maps, checkpoints
+    from megathread_jax import attention_maps, checkpoints, lora
     from megathread_jax.data import text
 
     directory = _weights_directory(args)
     model, meta = checkpoints.model_from_weights(directory, dtype=args.dtype, attention_impl="xla")
+    if args.adapter:
+        lora.load_adapter(model, meta["model"], args.adapter)
+        lora.merge(model)
     tokenizer = text.get_tokenizer(meta.get("tokenizer", "gpt2"))
     prompt = tokenizer.encode(args.prompt)
     if not prompt:

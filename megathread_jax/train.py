@@ -3,6 +3,7 @@ device mesh -> checkpoints and metrics. Tasks differ only in what `tasks.py` def
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import signal
 import threading
@@ -17,7 +18,18 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from megathread_jax import checkpoints, config_base, config_fields, freezing, models, optim, parallel, progress, tasks
+from megathread_jax import (
+    checkpoints,
+    config_base,
+    config_fields,
+    freezing,
+    lora,
+    models,
+    optim,
+    parallel,
+    progress,
+    tasks,
+)
 from megathread_jax.errors import ConfigurationError, StoppedBySignal, UserError
 from megathread_jax.loss_scale import DynamicLossScale
 from megathread_jax.metrics import MetricWriter
@@ -114,6 +126,7 @@ def make_train_step(
     skip_nonfinite: bool = False,
     grad_accum_steps: int = 1,
     ema_decay: float = 0.0,
+    differentiate: nnx.filterlib.Filter = nnx.Param,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted-to-be train step. With `skip_nonfinite`, a step whose loss, gradients or updated
     parameters are not finite leaves the state as it was (counted in `skipped_updates`). With
@@ -121,7 +134,9 @@ def make_train_step(
     gradients averaged; batch statistics are updated microbatch by microbatch. A state with a
     `loss_scale` differentiates the scaled loss and skips (and counts) the updates whose gradients
     overflow, adjusting the scale either way. With `ema_decay` > 0 the state's `ema_params` follow
-    the parameters: `ema <- decay * ema + (1 - decay) * params` after every applied update."""
+    the parameters: `ema <- decay * ema + (1 - decay) * params` after every applied update. Only
+    the parameters matched by `differentiate` get gradients; the others' are zero without being
+    computed (parameters frozen for the whole run, LoRA's base weights)."""
 
     def loss_and_grads(params, rest, scale, batch, key):
         model = nnx.merge(graphdef, params, rest)
@@ -130,7 +145,9 @@ def make_train_step(
             loss, task_metrics = task_loss(model, batch, key)
             return (loss if scale is None else scale.scale_loss(loss)), (loss, task_metrics)
 
-        (_, (loss, task_metrics)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (_, (loss, task_metrics)), grads = nnx.value_and_grad(
+            loss_fn, has_aux=True, argnums=nnx.DiffState(0, differentiate)
+        )(model)
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return {"loss": loss, **task_metrics}, grads, rest
 
@@ -157,6 +174,8 @@ def make_train_step(
                 accumulate, (state.params, state.rest, *zeros), (microbatches, jnp.arange(grad_accum_steps))
             )
             loss_metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, (metric_sums, grad_sums))
+        if differentiate is not nnx.Param:
+            grads = nnx.merge_state(jax.tree.map(jnp.zeros_like, state.params), grads)
         if scale is not None:
             grads = scale.unscale(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -304,10 +323,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # -- model, optimizer, state
     model = build_model(config, task.model_kwargs)
     task.check_model(model)
+    adapted = lora.add_configured_adapters(model, config)
     schedule = optim.learning_rate_schedule(config.optim, total_steps, max(steps_per_epoch, 1))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     plan = freezing.FreezePlan.from_config(config)
     plan.check_matches(params)
+    if adapted:
+        plan = dataclasses.replace(plan, train_only=lora.trainable_patterns(adapted))
+        progress.message(f"LoRA rank {config.lora.rank} adapters on {len(adapted)} projections")
     # The last check: from here on the workdir is written.
     checkpoints.record_run(
         workdir,
@@ -353,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 skip_nonfinite=config.skip_nonfinite_updates,
                 grad_accum_steps=config.grad_accum_steps,
                 ema_decay=config.ema_decay,
+                differentiate=nnx.All(nnx.Param, plan.trained_at_some_point) if not plan.is_trivial else nnx.Param,
             ),
             state_layout,
         ),
@@ -454,6 +478,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"final weights are {chosen}: validation {task.best_metric} {averaged:.4g} averaged, {raw:.4g} raw"
         )
     nnx.update(model, final_params, state.rest)
+    if adapted:
+        adapter = lora.save_adapter(
+            workdir / lora.ADAPTER_DIR, model, config.model.name, base=config.init_from, step=int(state.step)
+        )
+        lora.merge(model)
+        if jax.process_index() == 0:
+            progress.message(f"LoRA adapters: {adapter} (merged into the final weights)")
     meta = checkpoints.weights_meta(
         config.model.name, model, step=int(state.step), weights_from=weights_from, **task.weights_meta
     )

@@ -81,6 +81,12 @@ def test_print_config_shows_values_and_meanings_and_writes_nothing(tmp_path):
         ([DEMO, "--config.freeze=stages.[4-1]"], ["empty range [4-1]"]),
         ([DEMO, "--config.parallel.fsdp=0"], ["config.parallel.fsdp=0", "an integer >= 1"]),
         ([DEMO, "--config.parallel.fsdp=3"], ["config.parallel.fsdp=3 must divide the 1 devices"]),
+        ([DEMO, "--config.lora.rank=-2"], ["config.lora.rank=-2", "an integer >= 0"]),
+        ([DEMO, "--config.lora.rank=4"], ["LoRA adapts GPT-2's projections", "--config.lora.rank=0"]),
+        (
+            ["--config=configs/gpt2.py:demo", "--config.lora.rank=4", "--config.lora.targets=transformer.h.[7-9]"],
+            ["config.lora.targets", "'transformer.h.[7-9]' matches no projection", "transformer.h.0.attn.c_attn"],
+        ),
     ],
 )
 def test_usage_errors_exit_2_in_one_line_and_write_nothing(tmp_path, args, words):

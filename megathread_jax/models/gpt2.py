@@ -103,16 +103,39 @@ def make_config(size: str = "gpt2", **overrides: Any) -> GPT2Config:
     return GPT2Config(**{**SIZES[size], **overrides})
 
 
+class LowRankAdapter(nnx.Module):
+    """LoRA: adds `alpha / rank * x @ a @ b` to a projection. `b` starts at zero, so the model is
+    unchanged until it trains; `a` starts like PyTorch's default linear init."""
+
+    def __init__(self, in_features: int, out_features: int, *, rank: int, alpha: float, rngs: nnx.Rngs):
+        bound = in_features**-0.5
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha / rank
+        self.a = nnx.Param(jax.random.uniform(rngs.params(), (in_features, rank), jnp.float32, -bound, bound))
+        self.b = nnx.Param(jnp.zeros((rank, out_features), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return (x @ self.a[...].astype(x.dtype)) @ (self.scale * self.b[...]).astype(x.dtype)
+
+    def weight_delta(self) -> jax.Array:
+        """What merging adds to the projection's (in, out) weight."""
+        return self.a[...] @ (self.scale * self.b[...])
+
+
 class Conv1D(nnx.Module):
-    """Hugging Face's `Conv1D`: a linear layer whose weight is stored (in, out)."""
+    """Hugging Face's `Conv1D`: a linear layer whose weight is stored (in, out), optionally with a
+    low-rank adapter (`lora`, see megathread_jax/lora.py)."""
 
     def __init__(self, in_features: int, out_features: int, *, std: float, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.dtype = dtype
         self.weight = nnx.Param(std * jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.lora: LowRankAdapter | None = nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x.astype(self.dtype) @ self.weight[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        y = x @ self.weight[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return y if self.lora is None else y + self.lora(x)
 
 
 class Embedding(nnx.Module):

@@ -44,14 +44,14 @@ def row(model: str, setting: str, unit: str, ours: float, reference_name: str, r
     }
 
 
-def format_table(rows: list[dict]) -> str:
-    cells = [[str(r[c]) if r[c] is not None else "-" for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
+    cells = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
 
     def line(values):
         return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
 
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
 def median_of_rounds(rounds: list[list[dict]]) -> list[dict]:

@@ -4,6 +4,7 @@ device mesh -> checkpoints and metrics. Tasks differ only in what `tasks.py` def
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import signal
 import threading
@@ -80,6 +81,25 @@ def build_model(config: ml_collections.ConfigDict, task_kwargs: dict[str, Any]) 
     return model
 
 
+def state_at_step_zero(
+    params: nnx.State,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    *,
+    loss_scaled: bool = False,
+    moving_average: bool = False,
+) -> TrainState:
+    """The train state before the first step (pure: `jax.eval_shape` gives its shapes)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        loss_scale=DynamicLossScale.create() if loss_scaled else None,
+        ema_params=jax.tree.map(jnp.copy, params) if moving_average else None,
+    )
+
+
 def initial_state(
     params: nnx.State,
     rest: nnx.State,
@@ -92,17 +112,7 @@ def initial_state(
     """The train state at step 0 laid out over `mesh` by `parallel.state_shardings`, and that
     layout. The model's arrays are sent shard by shard; the optimizer state and the moving average
     are created in place, so no device ever holds more than its share of them."""
-
-    def create(params, rest):
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            rest=rest,
-            opt_state=tx.init(params),
-            loss_scale=DynamicLossScale.create() if loss_scaled else None,
-            ema_params=jax.tree.map(jnp.copy, params) if moving_average else None,
-        )
-
+    create = functools.partial(state_at_step_zero, tx=tx, loss_scaled=loss_scaled, moving_average=moving_average)
     layout = parallel.state_shardings(jax.eval_shape(create, params, rest), mesh)
     placed = parallel.place((params, rest), (layout.params, layout.rest))
     return jax.jit(create, out_shardings=layout)(*placed), layout

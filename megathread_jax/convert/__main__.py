@@ -8,6 +8,9 @@ PyTorch -> Flax (a directory the trainer loads with --config.init_from=DIR):
 Flax -> PyTorch:
   python -m megathread_jax.convert --model mobilevit_xxs --target timm --from-flax DIR --out FILE.safetensors|.pth
   python -m megathread_jax.convert --model gpt2 --target hf --from-flax WORKDIR/weights --out model.safetensors
+Hugging Face model directories (GPT-2; what from_pretrained and pipeline open), both ways:
+  python -m megathread_jax.convert --model gpt2 --target hf --from-flax WORKDIR/weights --out HF_DIR
+  python -m megathread_jax.convert --model gpt2 --source hf --weights HF_DIR --out DIR
 """
 
 from __future__ import annotations
@@ -17,15 +20,24 @@ import pathlib
 import sys
 
 from megathread_jax import checkpoints, convert, models
+from megathread_jax.convert import hf_directory
 from megathread_jax.errors import ConfigurationError, exit_code_of
+
+TORCH_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def _to_flax(args) -> str:
-    if args.weights:
+    kwargs, extra_meta = {}, {}
+    if args.weights and hf_directory.is_model_directory(args.weights) and args.model in models.gpt2.SIZES:
+        state_dict, kwargs = hf_directory.read(args.weights)
+        tokenizer = hf_directory.tokenizer_in(args.weights)
+        extra_meta = {"tokenizer": tokenizer} if tokenizer else {}
+    elif args.weights:
         state_dict = convert.read_weight_file(args.weights)
     else:
         state_dict = convert.fetch(args.model, args.source, args.tag)
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    if args.num_classes:
+        kwargs["num_classes"] = args.num_classes
     if args.n_head:
         kwargs["n_head"] = args.n_head
     model = convert.from_torch(args.model, state_dict, source=args.source, **kwargs)
@@ -35,6 +47,7 @@ def _to_flax(args) -> str:
         source=args.source,
         weights=str(args.weights or "published"),
         **convert.classifier_meta(args.model, model),
+        **extra_meta,
     )
     out = checkpoints.save_weights(args.out, model, meta)
     shape = ", ".join(f"{k}={v}" for k, v in meta["model_kwargs"].items() if k in ("num_classes", "n_layer", "n_embd"))
@@ -45,8 +58,10 @@ def _to_torch(args) -> str:
     model, meta = checkpoints.model_from_weights(args.from_flax)
     if meta["model"] != args.model:
         raise ConfigurationError(f"{args.from_flax} holds {meta['model']!r} weights, not {args.model!r}")
-    state_dict = convert.to_torch(args.model, model, target=args.target)
     out = pathlib.Path(args.out)
+    if args.target == "hf" and args.model in models.gpt2.SIZES and out.suffix not in TORCH_FILE_SUFFIXES:
+        return hf_directory.write(model, out, tokenizer_name=meta.get("tokenizer", "gpt2"))
+    state_dict = convert.to_torch(args.model, model, target=args.target)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -73,14 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     direction.add_argument(
         "--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)"
     )
-    parser.add_argument("--weights", help="local .pt/.pth/.bin/.safetensors state_dict (with --source)")
+    parser.add_argument(
+        "--weights", help="local .pt/.pth/.bin/.safetensors state_dict, or a Hugging Face model directory (GPT-2)"
+    )
     parser.add_argument(
         "--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision, gpt2-medium for GPT-2)"
     )
     parser.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's)")
     parser.add_argument("--n-head", type=int, help="GPT-2 head count, for widths that are not a published size")
     parser.add_argument("--from-flax", help="directory written by this tool (with --target)")
-    parser.add_argument("--out", required=True, help="output directory (--source) or file (--target)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory (--source); file, or for GPT-2 a Hugging Face directory (--target)",
+    )
     args = parser.parse_args(argv)
     if args.target and not args.from_flax:
         parser.error("--target needs --from-flax DIR")

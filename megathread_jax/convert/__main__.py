@@ -8,9 +8,10 @@ PyTorch -> Flax (a directory the trainer loads with --config.init_from=DIR):
 Flax -> PyTorch:
   python -m megathread_jax.convert --model mobilevit_xxs --target timm --from-flax DIR --out FILE.safetensors|.pth
   python -m megathread_jax.convert --model gpt2 --target hf --from-flax WORKDIR/weights --out model.safetensors
-Hugging Face model directories (GPT-2; what from_pretrained and pipeline open), both ways:
+Hugging Face model directories (what from_pretrained and pipeline open), both ways:
   python -m megathread_jax.convert --model gpt2 --target hf --from-flax WORKDIR/weights --out HF_DIR
-  python -m megathread_jax.convert --model gpt2 --source hf --weights HF_DIR --out DIR
+  python -m megathread_jax.convert --model mobilevit_xxs --target hf --from-flax WORKDIR/weights --out HF_DIR
+  python -m megathread_jax.convert --model gpt2 --source hf --weights HF_DIR --out DIR   (also MobileViT)
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ TORCH_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 def _to_flax(args) -> str:
     kwargs, extra_meta = {}, {}
-    if args.weights and hf_directory.is_model_directory(args.weights) and args.model in models.gpt2.SIZES:
-        state_dict, kwargs = hf_directory.read(args.weights)
-        tokenizer = hf_directory.tokenizer_in(args.weights)
-        extra_meta = {"tokenizer": tokenizer} if tokenizer else {}
+    if args.weights and hf_directory.is_model_directory(args.weights):
+        state_dict, kwargs, extra_meta = hf_directory.read(args.weights, args.model)
     elif args.weights:
         state_dict = convert.read_weight_file(args.weights)
     else:
@@ -59,8 +58,8 @@ def _to_torch(args) -> str:
     if meta["model"] != args.model:
         raise ConfigurationError(f"{args.from_flax} holds {meta['model']!r} weights, not {args.model!r}")
     out = pathlib.Path(args.out)
-    if args.target == "hf" and args.model in models.gpt2.SIZES and out.suffix not in TORCH_FILE_SUFFIXES:
-        return hf_directory.write(model, out, tokenizer_name=meta.get("tokenizer", "gpt2"))
+    if args.target == "hf" and out.suffix not in TORCH_FILE_SUFFIXES:
+        return hf_directory.write(model, args.model, meta, out)
     state_dict = convert.to_torch(args.model, model, target=args.target)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -86,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "--source", help="PyTorch weights to read: timm | hf (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)"
     )
     direction.add_argument(
-        "--target", help="PyTorch naming to write: timm (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)"
+        "--target",
+        help="PyTorch naming to write: timm | hf (MobileViT), torchvision | timm (MobileNetV2), hf (GPT-2)",
     )
     parser.add_argument(
-        "--weights", help="local .pt/.pth/.bin/.safetensors state_dict, or a Hugging Face model directory (GPT-2)"
+        "--weights", help="local .pt/.pth/.bin/.safetensors state_dict, or a Hugging Face model directory"
     )
     parser.add_argument(
         "--tag", help="which published weights to fetch (e.g. IMAGENET1K_V1 for torchvision, gpt2-medium for GPT-2)"
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         required=True,
-        help="output directory (--source); file, or for GPT-2 a Hugging Face directory (--target)",
+        help="output directory (--source); a file, or with --target hf a Hugging Face directory (--target)",
     )
     args = parser.parse_args(argv)
     if args.target and not args.from_flax:

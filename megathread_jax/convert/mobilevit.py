@@ -7,7 +7,7 @@ that convention (the timm weights take RGB).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,17 +50,23 @@ _HF_RENAMES: tuple[tuple[str, str], ...] = (
 _QKV = ("query", "key", "value")
 
 
+def _timm_name(hf_key: str) -> str:
+    """The timm name of a Hugging Face key; attention keys keep their `query|key|value` part."""
+    name = hf_key.removeprefix("mobilevit.")
+    for pattern, replacement in _HF_RENAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+_SPLIT_ATTENTION = re.compile(r"^(.*\.attn)\.(query|key|value)\.(weight|bias)$")
+
+
 def hf_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Renames a `MobileViTForImageClassification` state_dict to timm's names, fusing q|k|v."""
-    renamed: dict[str, np.ndarray] = {}
-    for key, value in state_dict.items():
-        name = key.removeprefix("mobilevit.")
-        for pattern, replacement in _HF_RENAMES:
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = to_numpy(value)
+    renamed = {_timm_name(key): to_numpy(value) for key, value in state_dict.items()}
     fused: dict[str, np.ndarray] = {}
     for name, value in renamed.items():
-        match = re.match(r"^(.*\.attn)\.(query|key|value)\.(weight|bias)$", name)
+        match = _SPLIT_ATTENTION.match(name)
         if not match:
             fused[name] = value
             continue
@@ -75,10 +81,27 @@ def hf_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return fused
 
 
+def timm_to_hf(tree_state_dict: Mapping[str, np.ndarray], hf_keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays of a Hugging Face state_dict with `hf_keys` (its model's own keys), from timm's
+    names: the inverse of `hf_to_timm`, splitting q|k|v. `num_batches_tracked` is left out."""
+    out = {}
+    for key in hf_keys:
+        if key.endswith("num_batches_tracked"):
+            continue
+        name = _timm_name(key)
+        match = _SPLIT_ATTENTION.match(name)
+        if match:
+            prefix, part, leaf = match.groups()
+            out[key] = np.split(tree_state_dict[f"{prefix}.qkv.{leaf}"], 3, axis=0)[_QKV.index(part)]
+        else:
+            out[key] = tree_state_dict[name]
+    return out
+
+
 SOURCES = {"timm": numpy_state_dict, "hf": hf_to_timm}
 # How the ImageNet weights see an image: timm's pretrained config (inputs in [0, 1]).
 IMAGENET_PREPROCESS = {"image_size": 256, "resolution": 256, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-TARGETS = {"timm": lambda sd: sd}
+TARGETS = {"timm": lambda sd: sd}  # "hf" is a directory: convert/hf_directory.py
 
 
 def model_kwargs_of(tree_state_dict: Mapping[str, np.ndarray], given: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 import json
 
 import numpy as np
+import timm
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, pipeline
@@ -75,3 +76,62 @@ def test_a_byte_level_model_is_exported_without_a_tokenizer_and_says_so(tmp_path
     assert "no tokenizer (the weights' vocabulary is byte-level" in capsys.readouterr().out
     assert GPT2LMHeadModel.from_pretrained(out).config.vocab_size == 257
     assert not (out / "tokenizer.json").exists()
+
+
+def test_mobilevit_goes_to_a_directory_that_transformers_classifies_with_and_comes_back_exact(tmp_path):
+    from PIL import Image
+    from transformers import MobileViTForImageClassification
+
+    from megathread_jax import convert
+    from tests.conftest import nchw_to_nhwc, randomise_batchnorm, run_flax
+
+    names = ["cat", "dog", "bird"]
+    reference = randomise_batchnorm(timm.create_model("mobilevit_xxs", num_classes=3)).eval()
+    model = convert.from_torch("mobilevit_xxs", reference.state_dict(), source="timm")
+    prep = {"image_size": 64, "resolution": 64, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    meta = checkpoints.weights_meta("mobilevit_xxs", model, class_names=names, preprocess=prep)
+    checkpoints.save_weights(tmp_path / "flax", model, meta)
+
+    hf_dir = tmp_path / "hf"
+    args = ["--model", "mobilevit_xxs", "--target", "hf", "--from-flax", str(tmp_path / "flax"), "--out", str(hf_dir)]
+    assert convert_main(args) == 0
+    exported = MobileViTForImageClassification.from_pretrained(hf_dir).eval()
+    assert exported.config.id2label == dict(enumerate(names))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        hf_logits = exported(pixel_values=x).logits.numpy()
+    np.testing.assert_allclose(hf_logits, run_flax(model, nchw_to_nhwc(x)), atol=1e-4, rtol=0)
+
+    classify = pipeline("image-classification", model=str(hf_dir), device="cpu")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    assert {row["label"] for row in classify(image, top_k=3)} == set(names)
+
+    # Hugging Face directory -> Flax -> Hugging Face directory: the same tensors, the same labels.
+    args = ["--model", "mobilevit_xxs", "--source", "hf", "--weights", str(hf_dir), "--out", str(tmp_path / "back")]
+    assert convert_main(args) == 0
+    assert checkpoints.read_meta(tmp_path / "back")["class_names"] == names
+    again = tmp_path / "hf_again"
+    args = ["--model", "mobilevit_xxs", "--target", "hf", "--from-flax", str(tmp_path / "back"), "--out", str(again)]
+    assert convert_main(args) == 0
+    first, second = exported.state_dict(), MobileViTForImageClassification.from_pretrained(again).state_dict()
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
+def test_mobilenet_v2_has_no_hugging_face_directory_and_says_what_to_write(tmp_path, capsys):
+    model = models.create("mobilenet_v2", num_classes=3)
+    checkpoints.save_weights(tmp_path / "flax", model, checkpoints.weights_meta("mobilenet_v2", model))
+    args = [
+        "--model",
+        "mobilenet_v2",
+        "--target",
+        "hf",
+        "--from-flax",
+        str(tmp_path / "flax"),
+        "--out",
+        str(tmp_path / "hf"),
+    ]
+    assert convert_main(args) == 2
+    assert "no Hugging Face model for mobilenet_v2" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

@@ -51,6 +51,34 @@ def filter_logits(
     return logits
 
 
+def penalise_repetition(
+    logits: jax.Array, tokens: jax.Array, slot_mask: jax.Array, length: jax.Array, penalty: jax.Array
+) -> jax.Array:
+    """Hugging Face's repetition penalty: the logit of every token among the first `length` of
+    `tokens` (B, S), from the first real one (`slot_mask` 1: the left padding is not counted), is
+    divided by `penalty` where positive and multiplied by it where negative."""
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    counted = (jnp.arange(tokens.shape[1]) < length) & (jnp.cumsum(slot_mask, axis=1) > 0)
+    seen = jnp.zeros(logits.shape, bool).at[rows, tokens].max(counted)
+    penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def ban_repeated_ngrams(logits: jax.Array, tokens: jax.Array, length: jax.Array, size: int) -> jax.Array:
+    """Hugging Face's `no_repeat_ngram_size`: a token that would complete an n-gram (n = `size`)
+    already among the first `length` of `tokens` (B, S), left padding included, gets -inf."""
+    slots = tokens.shape[1]
+    if slots < size:
+        return logits
+    windows = jnp.stack([tokens[:, k : slots - size + 1 + k] for k in range(size)], axis=-1)  # (B, S-n+1, n)
+    prefix = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(length - size + 1, 0), size - 1, axis=1)
+    earlier = jnp.arange(slots - size + 1) <= length - size  # n-grams wholly before the next token
+    matches = jnp.all(windows[..., :-1] == prefix[:, None, :], axis=-1) & earlier & (length >= size - 1)
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    banned = jnp.zeros(logits.shape, bool).at[rows, windows[..., -1]].max(matches)
+    return jnp.where(banned, -jnp.inf, logits)
+
+
 def cache_length(prompt_length: int, max_new_tokens: int, n_positions: int) -> int:
     """The cache bucket: the next power of two (at least 16) holding prompt and new tokens."""
     needed = prompt_length + max_new_tokens
@@ -72,7 +100,18 @@ def _emit(tokens: np.ndarray) -> None:
         _stream_sink[-1](np.asarray(tokens))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "do_sample", "top_k", "use_top_p", "stream"))
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "do_sample",
+        "top_k",
+        "use_top_p",
+        "use_repetition_penalty",
+        "no_repeat_ngram_size",
+        "stream",
+    ),
+)
 def _generate_loop(
     graphdef,
     state,
@@ -85,10 +124,13 @@ def _generate_loop(
     top_p,
     eos_token_id,
     pad_token_id,
+    repetition_penalty,
     *,
     do_sample,
     top_k,
     use_top_p,
+    use_repetition_penalty,
+    no_repeat_ngram_size,
     stream,
 ):
     model = nnx.merge(graphdef, state)
@@ -113,8 +155,13 @@ def _generate_loop(
 
     def step(carry):
         i, tokens, cache, next_logits, finished = carry
-        token = jnp.where(finished, pad_token_id, choose(next_logits, i))
         slot = prompt_length + i
+        # Hugging Face's order: the logits processors, then (in `choose`) the sampling warpers.
+        if use_repetition_penalty:
+            next_logits = penalise_repetition(next_logits, tokens, slot_mask, slot, repetition_penalty)
+        if no_repeat_ngram_size:
+            next_logits = ban_repeated_ngrams(next_logits, tokens, slot, no_repeat_ngram_size)
+        token = jnp.where(finished, pad_token_id, choose(next_logits, i))
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, slot))
         if stream:
             io_callback(_emit, None, token, ordered=True)
@@ -136,8 +183,14 @@ def check_arguments(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> None:
     """Refuses decoding settings the model cannot honour, naming the value and its range."""
+    if not repetition_penalty > 0:
+        raise ConfigurationError(f"repetition_penalty must be > 0 (1 = none), got {repetition_penalty}")
+    if no_repeat_ngram_size < 0:
+        raise ConfigurationError(f"no_repeat_ngram_size must be >= 0 (0 = none), got {no_repeat_ngram_size}")
     if max_new_tokens < 1:
         raise ConfigurationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     cache_length(prompt_length, max_new_tokens, config.n_positions)
@@ -161,6 +214,8 @@ def generate(
     top_p: float | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     seed: int = 0,
     on_token: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
@@ -169,13 +224,25 @@ def generate(
 
     `input_ids` (B, T) are left-padded where prompts differ in length, with `attention_mask` 0 on
     the padding. Greedy unless `do_sample`; sampling applies temperature, then top-k, then top-p.
+    Before either, `repetition_penalty` (> 1 discourages every token already in the row) and
+    `no_repeat_ngram_size` (n > 0: no n-gram twice in a row) adjust the logits as in Hugging Face.
     `on_token`, if given, receives each step's new tokens (B,) as they are made.
     """
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ConfigurationError(f"input_ids must be (batch, length) with length >= 1, got shape {input_ids.shape}")
     batch, prompt_length = input_ids.shape
-    check_arguments(model.config, prompt_length, max_new_tokens, do_sample, temperature, top_k, top_p)
+    check_arguments(
+        model.config,
+        prompt_length,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        no_repeat_ngram_size,
+    )
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
         raise ConfigurationError(f"attention_mask shape {mask.shape} differs from input_ids shape {input_ids.shape}")
@@ -205,9 +272,12 @@ def generate(
             jnp.float32(1.0 if top_p is None else top_p),
             jnp.int32(-1 if eos_token_id is None else eos_token_id),
             jnp.int32(pad_token_id),
+            jnp.float32(repetition_penalty),
             do_sample=do_sample,
             top_k=top_k if do_sample else None,
             use_top_p=do_sample and top_p is not None,
+            use_repetition_penalty=repetition_penalty != 1.0,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             stream=on_token is not None,
         )
         out = np.asarray(out)  # waits for the loop, and so for every streamed token
@@ -292,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already in the text"
+    )
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="n > 0: never repeat an n-gram")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--attention-png", help="also save the prompt's attention heatmaps to this PNG")
@@ -314,7 +388,15 @@ def _run_cli(args: argparse.Namespace) -> None:
     if not prompt:
         raise ConfigurationError("the prompt is empty")
     check_arguments(  # before any output, so an error never follows the echoed prompt on its line
-        model.config, len(prompt), args.max_new_tokens, args.do_sample, args.temperature, args.top_k, args.top_p
+        model.config,
+        len(prompt),
+        args.max_new_tokens,
+        args.do_sample,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.repetition_penalty,
+        args.no_repeat_ngram_size,
     )
     if args.attention_png:
         weights = attention_maps.attention_maps(model, np.asarray([prompt]))[args.attention_layer, 0]
@@ -334,6 +416,8 @@ def _run_cli(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         eos_token_id=tokenizer.eos_token_id,
         seed=args.seed,
         on_token=printer,

@@ -52,6 +52,47 @@ def test_greedy_matches_hugging_face_for_prompts_of_different_lengths(pair):
     assert (ours[:, theirs.shape[1] :] == 0).all()  # HF stops early when every row ended: padding
 
 
+@pytest.mark.parametrize("repetition_penalty, no_repeat_ngram_size", [(1.3, 0), (0.8, 0), (1.0, 2), (1.0, 3), (1.5, 2)])
+def test_repetition_controls_match_hugging_face_for_left_padded_prompts(pair, repetition_penalty, no_repeat_ngram_size):
+    reference, model = pair
+    ids, mask = generate.left_pad(_prompts(), pad_token_id=0)
+    controls = dict(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+    ours = generate.generate(
+        model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0, **controls
+    )
+    with torch.no_grad():
+        theirs = reference.generate(
+            torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            max_new_tokens=32,
+            do_sample=False,
+            eos_token_id=499,
+            pad_token_id=0,
+            **controls,
+        ).numpy()
+    np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
+    plain = generate.generate(model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0)
+    assert not np.array_equal(ours, plain)  # the controls changed what greedy decoding picks
+
+
+def test_new_penalty_values_compile_nothing(pair):
+    _, model = pair
+    ids, mask = generate.left_pad(_prompts(), pad_token_id=0)
+    generate.generate(model, ids, attention_mask=mask, max_new_tokens=10, repetition_penalty=1.2)
+    compilations = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compilations.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        generate.generate(model, ids, attention_mask=mask, max_new_tokens=10, repetition_penalty=1.7)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compilations == []
+
+
 def test_eos_stops_a_row_and_pads_after_it(pair):
     _, model = pair
     ids, mask = generate.left_pad(_prompts(), pad_token_id=0)
@@ -124,6 +165,10 @@ def test_bad_requests_are_refused(pair):
         generate.generate(model, np.ones((1, 100), int), max_new_tokens=29)
     with pytest.raises(ValueError, match="temperature"):
         generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, repetition_penalty=0.0)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
+        generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, no_repeat_ngram_size=-1)
 
 
 def test_generation_runs_in_bfloat16():

@@ -61,6 +61,15 @@ def test_cli_back_to_torch(timm_weights, tmp_path):
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(back[key], value), key
 
+    # timm itself loads the export as a model's pretrained weights (offline: the file is local).
+    num_classes = reference.num_classes
+    overlay = {"file": str(out), "num_classes": num_classes}
+    loaded = timm.create_model(
+        "mobilevit_xxs", pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+    )
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
 
 def test_weights_of_another_architecture_name_the_keys():
     other = timm.create_model("mobilevit_xs", num_classes=10).state_dict()

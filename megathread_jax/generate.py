@@ -5,10 +5,14 @@ positions count real tokens only. The whole loop (prefill, then one token per it
 one `jax.jit`; the prompt length and the number of new tokens are traced values, and the cache
 length is rounded up to a power of two, so new prompts rarely compile anything.
 
-CLI (streams tokens as they come):
+Beam search (`num_beams` > 1, with `length_penalty` and `early_stopping`), `repetition_penalty` and
+`no_repeat_ngram_size` follow Hugging Face's `generate` step for step.
+
+CLI (streams tokens as they come; beam search prints its best beam at the end):
   python -m megathread_jax.generate --model gpt2 --prompt "The cat sat on the mat" --max-new-tokens 40
   python -m megathread_jax.generate --checkpoint WORKDIR_OR_WEIGHTS_DIR --prompt "..." --do-sample --top-p 0.9
   python -m megathread_jax.generate --model gpt2 --prompt "The cat sat on the mat" --attention-png cat.png
+  python -m megathread_jax.generate --model gpt2 --prompt "The cat" --num-beams 4 --no-repeat-ngram-size 2
 """
 
 from __future__ import annotations
@@ -156,11 +160,9 @@ def _generate_loop(
     def step(carry):
         i, tokens, cache, next_logits, finished = carry
         slot = prompt_length + i
-        # Hugging Face's order: the logits processors, then (in `choose`) the sampling warpers.
-        if use_repetition_penalty:
-            next_logits = penalise_repetition(next_logits, tokens, slot_mask, slot, repetition_penalty)
-        if no_repeat_ngram_size:
-            next_logits = ban_repeated_ngrams(next_logits, tokens, slot, no_repeat_ngram_size)
+        next_logits = _adjust(
+            next_logits, tokens, slot_mask, slot, repetition_penalty, use_repetition_penalty, no_repeat_ngram_size
+        )
         token = jnp.where(finished, pad_token_id, choose(next_logits, i))
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, slot))
         if stream:
@@ -173,6 +175,146 @@ def _generate_loop(
     carry = (jnp.int32(0), tokens, cache, next_logits, jnp.zeros((batch,), bool))
     _, tokens, _, _, _ = jax.lax.while_loop(keep_going, step, carry)
     return tokens
+
+
+def _adjust(logits, tokens, slot_mask, length, repetition_penalty, use_repetition_penalty, no_repeat_ngram_size):
+    """The logits processors, in Hugging Face's order (the sampling warpers come after)."""
+    if use_repetition_penalty:
+        logits = penalise_repetition(logits, tokens, slot_mask, length, repetition_penalty)
+    if no_repeat_ngram_size:
+        logits = ban_repeated_ngrams(logits, tokens, length, no_repeat_ngram_size)
+    return logits
+
+
+# What Hugging Face adds to a score to rule its candidate out.
+_RULED_OUT = -1.0e9
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "num_beams", "early_stopping", "use_repetition_penalty", "no_repeat_ngram_size"),
+)
+def _beam_search_loop(
+    graphdef,
+    state,
+    tokens,
+    slot_mask,
+    prompt_length,
+    max_new_tokens,
+    length_divisors,
+    length_penalty,
+    eos_token_id,
+    repetition_penalty,
+    *,
+    num_beams,
+    early_stopping,
+    use_repetition_penalty,
+    no_repeat_ngram_size,
+):
+    """Hugging Face's vectorised beam search, step for step. `tokens` and `slot_mask` are (B, S),
+    one row per prompt; `length_divisors[n]` is n ** length_penalty (computed on the host in
+    double precision, as Python computes it for Hugging Face)."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    batch, slots = tokens.shape
+    k, keep = num_beams, 2 * num_beams
+    max_length = prompt_length + max_new_tokens
+    beam_rows = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  (B, ...) -> (B * K, ...)
+    per_prompt = lambda x: x.reshape(batch, k, *x.shape[1:])  # noqa: E731
+    slot_mask = beam_rows(slot_mask)
+    positions = jnp.clip(jnp.cumsum(slot_mask, axis=-1) - 1, 0, model.config.n_positions - 1)
+    flat_tokens = beam_rows(tokens)
+    logits, cache = model.decode(flat_tokens, positions, slot_mask, model.init_cache(batch * k, slots), jnp.int32(0))
+    next_logits = jax.lax.dynamic_index_in_dim(logits, prompt_length - 1, axis=1, keepdims=False)
+
+    def gather(x, index):  # (B, N, ...) by (B, M) -> (B, M, ...)
+        return jnp.take_along_axis(x, index.reshape(*index.shape, *(1,) * (x.ndim - 2)), axis=1)
+
+    def step(carry):
+        (length, running, running_scores, finished, finished_scores, is_done, improvable, _, cache, logits) = carry
+        flat_running = running.reshape(batch * k, slots)
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        log_probs = _adjust(
+            log_probs,
+            flat_running,
+            slot_mask,
+            length,
+            repetition_penalty,
+            use_repetition_penalty,
+            no_repeat_ngram_size,
+        )
+        vocab = log_probs.shape[-1]
+        totals = (per_prompt(log_probs) + running_scores[:, :, None]).reshape(batch, k * vocab)
+        top_scores, top_index = jax.lax.top_k(totals, keep)
+        source_beam, new_token = top_index // vocab, top_index % vocab
+        candidates = gather(running, source_beam)
+        candidates = jax.lax.dynamic_update_slice_in_dim(candidates, new_token[..., None], length, axis=2)
+        hits = (new_token == eos_token_id) | (length + 1 >= max_length)
+
+        # The best candidates that go on.
+        going_on = top_scores + hits * _RULED_OUT
+        chosen = jax.lax.top_k(going_on, k)[1]
+        running, running_scores = gather(candidates, chosen), gather(going_on, chosen)
+
+        # The best finished hypotheses so far, of the top K candidates only.
+        just_finished = hits & (jnp.arange(keep) < k)[None]
+        scores = top_scores / length_divisors[length + 1 - prompt_length]
+        full = jnp.all(is_done, axis=-1, keepdims=True) & (early_stopping is True)
+        scores = scores + full * _RULED_OUT + (~improvable) * _RULED_OUT + (~just_finished) * _RULED_OUT
+        merged_scores = jnp.concatenate([finished_scores, scores], axis=1)
+        best = jax.lax.top_k(merged_scores, k)[1]
+        finished = gather(jnp.concatenate([finished, candidates], axis=1), best)
+        finished_scores = gather(merged_scores, best)
+        is_done = gather(jnp.concatenate([is_done, just_finished], axis=1), best)
+
+        # The cache follows the beams that go on.
+        origin = (gather(source_beam, chosen) + jnp.arange(batch)[:, None] * k).reshape(-1)
+        cache = jax.tree.map(lambda x: jnp.take(x, origin, axis=0), cache)
+        new_tokens = jax.lax.dynamic_slice_in_dim(running.reshape(batch * k, slots), length, 1, axis=1)
+        position = jax.lax.dynamic_slice_in_dim(positions, length, 1, axis=1)
+        logits, cache = model.decode(new_tokens, position, slot_mask, cache, length)
+        length = length + 1
+
+        if early_stopping == "never":
+            hypothetical = jnp.where(length_penalty > 0, max_length, length) - prompt_length
+        else:
+            hypothetical = length - prompt_length
+        best_running = running_scores[:, :1] / length_divisors[hypothetical]
+        worst_finished = jnp.where(is_done, jnp.min(finished_scores, axis=1, keepdims=True), _RULED_OUT)
+        improvable = improvable & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
+        return (
+            length,
+            running,
+            running_scores,
+            finished,
+            finished_scores,
+            is_done,
+            improvable,
+            hits,
+            cache,
+            logits[:, 0],
+        )
+
+    def keep_going(carry):
+        _, _, _, _, _, is_done, improvable, hits, _, _ = carry
+        open_beam = ~(jnp.all(is_done) & (early_stopping is True))
+        return jnp.any(improvable) & open_beam & ~jnp.all(hits)
+
+    running = per_prompt(flat_tokens)
+    carry = (
+        prompt_length,
+        running,
+        jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_RULED_OUT),
+        running,
+        jnp.full((batch, k), _RULED_OUT, jnp.float32),
+        jnp.zeros((batch, k), bool),
+        jnp.ones((batch, 1), bool),
+        jnp.zeros((batch, keep), bool),
+        cache,
+        next_logits,
+    )
+    _, _, _, finished, _, _, _, _, _, _ = jax.lax.while_loop(keep_going, step, carry)
+    return finished[:, 0]
 
 
 def check_arguments(
@@ -216,6 +358,9 @@ def generate(
     pad_token_id: int | None = None,
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
     seed: int = 0,
     on_token: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
@@ -226,6 +371,10 @@ def generate(
     the padding. Greedy unless `do_sample`; sampling applies temperature, then top-k, then top-p.
     Before either, `repetition_penalty` (> 1 discourages every token already in the row) and
     `no_repeat_ngram_size` (n > 0: no n-gram twice in a row) adjust the logits as in Hugging Face.
+    `num_beams` > 1 is Hugging Face's beam search instead (greedy only), returning each prompt's best
+    hypothesis: finished hypotheses are scored by their log-probability over their new length to the
+    power `length_penalty`; `early_stopping` True stops once `num_beams` are finished, False when no
+    running beam can likely do better, "never" when none can.
     `on_token`, if given, receives each step's new tokens (B,) as they are made.
     """
     input_ids = np.asarray(input_ids)
@@ -250,6 +399,7 @@ def generate(
         raise ConfigurationError("prompts must be left-padded: the last column of attention_mask must be all 1")
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
+    _check_beam_arguments(num_beams, do_sample, early_stopping, on_token)
     slots = cache_length(prompt_length, max_new_tokens, model.config.n_positions)
     tokens = np.full((batch, slots), pad_token_id, np.int32)
     tokens[:, :prompt_length] = input_ids
@@ -257,6 +407,26 @@ def generate(
     slot_mask[:, :prompt_length] = mask
 
     graphdef, state = nnx.split(model)
+    if num_beams > 1:
+        # n ** length_penalty as Python computes it (double precision), for every new length n.
+        divisors = [1.0] + [float(n) ** length_penalty for n in range(1, slots + 1)]
+        out = _beam_search_loop(
+            graphdef,
+            state,
+            jnp.asarray(tokens),
+            jnp.asarray(slot_mask),
+            jnp.int32(prompt_length),
+            jnp.int32(max_new_tokens),
+            jnp.asarray(divisors, jnp.float32),
+            jnp.float32(length_penalty),
+            jnp.int32(-1 if eos_token_id is None else eos_token_id),
+            jnp.float32(repetition_penalty),
+            num_beams=num_beams,
+            early_stopping=early_stopping,
+            use_repetition_penalty=repetition_penalty != 1.0,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        return np.asarray(out)[:, : prompt_length + max_new_tokens]
     if on_token is not None:
         _stream_sink.append(on_token)
     try:
@@ -285,6 +455,21 @@ def generate(
         if on_token is not None:
             _stream_sink.pop()
     return out[:, : prompt_length + max_new_tokens]
+
+
+def _check_beam_arguments(
+    num_beams: int, do_sample: bool, early_stopping: bool | str, on_token: Callable | None
+) -> None:
+    if num_beams < 1:
+        raise ConfigurationError(f"num_beams must be >= 1 (1 = no beam search), got {num_beams}")
+    if num_beams == 1:
+        return
+    if do_sample:
+        raise ConfigurationError("beam search (num_beams > 1) decodes greedily here: leave out do_sample")
+    if early_stopping not in (True, False, "never"):
+        raise ConfigurationError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if on_token is not None:
+        raise ConfigurationError("beam search cannot stream tokens: a beam's text is known only at the end")
 
 
 def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -366,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
         "--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already in the text"
     )
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="n > 0: never repeat an n-gram")
+    parser.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (printed when it ends)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search: > 0 favours longer text")
+    parser.add_argument(
+        "--early-stopping", choices=("false", "true", "never"), default="false", help="beam search: when to stop"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--attention-png", help="also save the prompt's attention heatmaps to this PNG")
@@ -406,9 +596,11 @@ def _run_cli(args: argparse.Namespace) -> None:
             weights, labels, args.attention_png, title=f"{meta['model']} layer {layer}: {args.prompt!r}"
         )
         print(f"attention heatmaps: {path}", file=sys.stderr)
+    early_stopping = {"false": False, "true": True, "never": "never"}[args.early_stopping]
+    _check_beam_arguments(args.num_beams, args.do_sample, early_stopping, None)
     print(args.prompt, end="", flush=True)
     printer = _Printer(tokenizer, tokenizer.eos_token_id)
-    generate(
+    tokens = generate(
         model,
         np.asarray([prompt]),
         max_new_tokens=args.max_new_tokens,
@@ -418,10 +610,16 @@ def _run_cli(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        early_stopping=early_stopping,
         eos_token_id=tokenizer.eos_token_id,
         seed=args.seed,
-        on_token=printer,
+        on_token=printer if args.num_beams == 1 else None,
     )
+    if args.num_beams > 1:  # a beam's text is known only at the end
+        for token in tokens[0, len(prompt) :]:
+            printer(np.asarray([token]))
     print()
 
 

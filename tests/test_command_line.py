@@ -172,6 +172,15 @@ def test_generate_refuses_too_many_new_tokens_before_echoing_the_prompt(tmp_path
     assert result.stdout == ""
 
 
+def test_generate_beam_search_prints_the_best_beam_and_refuses_sampling_beams(tmp_path):
+    weights = _gpt2_weights(tmp_path / "gpt2")
+    common = ["megathread_jax.generate", "--checkpoint", str(weights), "--prompt", "The cat", "--max-new-tokens", "8"]
+    result = run_module(*common, "--num-beams", "3", "--early-stopping", "never", "--no-repeat-ngram-size", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("The cat") and len(result.stdout) > len("The cat\n")
+    refused(run_module(*common, "--num-beams", "3", "--do-sample"), 2, "beam search", "leave out do_sample")
+
+
 def test_generate_offline_is_quiet_and_says_how_to_generate_from_a_file(tmp_path):
     # A hub address where nothing listens: the hub client fails as it does without a network.
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}

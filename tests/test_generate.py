@@ -75,7 +75,44 @@ def test_repetition_controls_match_hugging_face_for_left_padded_prompts(pair, re
     assert not np.array_equal(ours, plain)  # the controls changed what greedy decoding picks
 
 
-def test_new_penalty_values_compile_nothing(pair):
+@pytest.fixture(scope="module")
+def beam_eos(pair):
+    """An end-of-sequence token that beams reach early, so hypotheses finish before the last step."""
+    _, model = pair
+    ids, mask = generate.left_pad(_prompts(), pad_token_id=7)
+    beams = generate.generate(model, ids, attention_mask=mask, max_new_tokens=20, num_beams=3, pad_token_id=7)
+    return int(beams[1, 15])
+
+
+@pytest.mark.parametrize(
+    "early_stopping, length_penalty, repetition_penalty",
+    [(False, 1.0, 1.0), (True, 1.0, 1.0), (False, 2.0, 1.0), ("never", 0.5, 1.0), (True, -1.0, 1.3)],
+)
+def test_beam_search_matches_hugging_face_for_left_padded_prompts(
+    pair, beam_eos, early_stopping, length_penalty, repetition_penalty
+):
+    reference, model = pair
+    ids, mask = generate.left_pad(_prompts(), pad_token_id=7)
+    kwargs = dict(
+        num_beams=4,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        repetition_penalty=repetition_penalty,
+        eos_token_id=beam_eos,
+        pad_token_id=7,
+        max_new_tokens=24,
+    )
+    ours = generate.generate(model, ids, attention_mask=mask, **kwargs)
+    with torch.no_grad():
+        theirs = reference.generate(
+            torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(), do_sample=False, **kwargs
+        ).numpy()
+    assert (theirs[:, 12:] == beam_eos).any()  # some hypothesis ended before the last step
+    np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
+    assert (ours[:, theirs.shape[1] :] == 7).all()
+
+
+def test_new_penalty_values_and_beam_calls_of_the_same_shapes_compile_nothing(pair):
     _, model = pair
     ids, mask = generate.left_pad(_prompts(), pad_token_id=0)
     generate.generate(model, ids, attention_mask=mask, max_new_tokens=10, repetition_penalty=1.2)
@@ -85,9 +122,11 @@ def test_new_penalty_values_compile_nothing(pair):
         if event == "/jax/core/compile/backend_compile_duration":
             compilations.append(event)
 
+    generate.generate(model, ids, attention_mask=mask, max_new_tokens=10, num_beams=3)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         generate.generate(model, ids, attention_mask=mask, max_new_tokens=10, repetition_penalty=1.7)
+        generate.generate(model, ids, attention_mask=mask, max_new_tokens=9, num_beams=3, length_penalty=0.4)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compilations == []
@@ -169,6 +208,12 @@ def test_bad_requests_are_refused(pair):
         generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, repetition_penalty=0.0)
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
         generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, no_repeat_ngram_size=-1)
+    with pytest.raises(ValueError, match="leave out do_sample"):
+        generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, num_beams=2, do_sample=True)
+    with pytest.raises(ValueError, match="early_stopping must be True, False or 'never'"):
+        generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, num_beams=2, early_stopping="soon")
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        generate.generate(model, np.ones((1, 4), int), max_new_tokens=2, num_beams=0)
 
 
 def test_generation_runs_in_bfloat16():

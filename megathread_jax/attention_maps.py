@@ -28,16 +28,15 @@ def attention_maps(model: nnx.Module, input_ids: np.ndarray) -> np.ndarray:
 
 def plot_attention(weights: np.ndarray, tokens: list[str], path: str | pathlib.Path, *, title: str) -> pathlib.Path:
     """Saves a PNG of heatmaps (n_head, T, T) with the tokens on both axes, plus the mean over heads."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # An explicit Figure: no pyplot, so a notebook's own backend and figures are left alone.
+    from matplotlib.figure import Figure
 
     panels = [("mean of heads", weights.mean(axis=0))] + [(f"head {h}", w) for h, w in enumerate(weights)]
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     size = max(3.0, 0.35 * len(tokens) + 1.5)
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    fig = Figure(figsize=(size * columns, size * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (name, w) in zip(axes.flat[: len(panels)], panels, strict=True):
@@ -52,5 +51,4 @@ def plot_attention(weights: np.ndarray, tokens: list[str], path: str | pathlib.P
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -48,16 +48,15 @@ class MetricWriter:
         path = self.workdir / METRICS_FILE
         if not self.enabled or not path.is_file():
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # An explicit Figure: no pyplot, so a notebook's own backend and figures are left alone.
+        from matplotlib.figure import Figure
 
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         latest = {}
         for r in records:  # a resumed run may log a step twice; keep the last
             latest[(r["split"], r["step"])] = r
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        ax_loss, ax_acc = fig.subplots(1, 2)
         for split, style in (("train", "-"), ("val", "o-")):
             rows = sorted((r for (s, _), r in latest.items() if s == split), key=lambda r: r["step"])
             if not rows:
@@ -75,5 +74,4 @@ class MetricWriter:
         fig.tight_layout()
         out = self.workdir / CURVES_FILE
         fig.savefig(out, dpi=100)
-        plt.close(fig)
         return out

@@ -112,7 +112,7 @@ class FreezePlan:
 
     def trained_at_some_point(self, path: tuple, _value: Any = None) -> bool:
         """An nnx filter: the parameters that train in some epoch (not frozen for the whole run)."""
-        return not self.group_of(_dotted(path)).frozen
+        return not self.group_of(dotted_path(path)).frozen
 
     def frozen_patterns(self, epoch: float) -> tuple[PathPattern, ...]:
         """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""
@@ -120,7 +120,7 @@ class FreezePlan:
 
     def check_matches(self, params: nnx.State) -> None:
         """Every pattern must match some parameter: a typo would otherwise freeze nothing."""
-        paths = [_dotted(path) for path, _ in nnx.to_flat_state(params)]
+        paths = [dotted_path(path) for path, _ in nnx.to_flat_state(params)]
         patterns = list(self.freeze) + [p for p, _ in self.unfreeze] + [p for p, _ in self.lr_multipliers]
         for pattern in patterns:
             if not any(pattern.match(path) for path in paths):
@@ -131,7 +131,8 @@ class FreezePlan:
                 )
 
 
-def _dotted(path: tuple) -> str:
+def dotted_path(path: tuple) -> str:
+    """`("transformer", "h", 0, "attn")` -> `"transformer.h.0.attn"`: what the patterns match."""
     return ".".join(str(p) for p in path)
 
 
@@ -142,7 +143,7 @@ def label_params(plan: FreezePlan, params: nnx.State) -> tuple[Any, dict[str, Gr
     def label(key_path, _):
         # nnx.State key paths: DictKey per module/attribute, then the Variable's `.value`.
         path = tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey))
-        group = plan.group_of(_dotted(path))
+        group = plan.group_of(dotted_path(path))
         name = FROZEN if group.frozen else f"lr_x{group.lr_multiplier:g}_from_epoch_{group.start_epoch:g}"
         groups[name] = group
         return name
@@ -177,7 +178,7 @@ def apply_inference_mode(model: nnx.Module, frozen: tuple[PathPattern, ...]) -> 
     keeps its running statistics, dropout is off)."""
     model.train()
     for path, module in model.iter_modules():
-        if path and any(p.match(_dotted(path)) for p in frozen):
+        if path and any(p.match(dotted_path(path)) for p in frozen):
             module.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
 
 
@@ -187,7 +188,7 @@ def count_parameters(plan: FreezePlan, params: nnx.State, epoch: float) -> tuple
     trainable = frozen = 0
     for path, variable in nnx.to_flat_state(params):
         size = variable.get_value().size
-        dotted = _dotted(path)
+        dotted = dotted_path(path)
         is_frozen = any(p.match(dotted) for p in frozen_patterns) or plan.group_of(dotted).frozen
         frozen += size if is_frozen else 0
         trainable += 0 if is_frozen else size

@@ -29,13 +29,9 @@ ADAPTER_DIR = "adapter"  # <workdir>/adapter
 ADAPTER_META = "adapter.json"
 
 
-def _dotted(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
-
-
 def projections(model: nnx.Module) -> dict[str, Conv1D]:
     """Every projection an adapter can be put on, by module path."""
-    return {_dotted(path): module for path, module in model.iter_modules() if isinstance(module, Conv1D)}
+    return {freezing.dotted_path(path): module for path, module in model.iter_modules() if isinstance(module, Conv1D)}
 
 
 def adapted(model: nnx.Module) -> dict[str, Conv1D]:
@@ -124,6 +120,7 @@ def load_adapter(model: nnx.Module, model_name: str, directory: str | pathlib.Pa
         )
     if adapted(model):
         raise ConfigurationError("the model already carries adapters; merge them first (lora.merge)")
+    # Any seed: the saved values replace the fresh ones.
     add_adapters(model, rank=meta["rank"], alpha=meta["alpha"], targets=",".join(meta["projections"]), seed=0)
     state = adapter_state(model)
     nnx.replace_by_pure_dict(state, arrays)

@@ -41,6 +41,12 @@ def test_runs_top_to_bottom_in_smoke_mode(path, tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "SMOKE mode" in text
     assert not any(o.output_type == "error" for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    # Every figure a cell shows reaches the page (inline, as a PNG output).
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            shown = cell.source.count("plt.show()") + cell.source.count("display(Image(")
+            images = sum("image/png" in o.get("data", {}) for o in cell.outputs)
+            assert images >= shown, f"{images} of {shown} figures shown by: {cell.source[:200]}"
 
 
 def test_readme_opens_each_notebook_in_colab_from_the_repository_the_notebooks_install():

@@ -34,19 +34,19 @@ def _prompts():
     return [rng.integers(0, 499, n).tolist() for n in (7, 3, 12)]
 
 
+def _hugging_face_greedy(reference, ids, mask, **kwargs) -> np.ndarray:
+    """Hugging Face's `generate` without sampling (greedy, or beam search with `num_beams`)."""
+    with torch.no_grad():
+        return reference.generate(
+            torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(), do_sample=False, **kwargs
+        ).numpy()
+
+
 def test_greedy_matches_hugging_face_for_prompts_of_different_lengths(pair):
     reference, model = pair
     ids, mask = generate.left_pad(_prompts(), pad_token_id=0)
     ours = generate.generate(model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0)
-    with torch.no_grad():
-        theirs = reference.generate(
-            torch.from_numpy(ids).long(),
-            attention_mask=torch.from_numpy(mask).long(),
-            max_new_tokens=32,
-            do_sample=False,
-            eos_token_id=499,
-            pad_token_id=0,
-        ).numpy()
+    theirs = _hugging_face_greedy(reference, ids, mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0)
     assert ours.shape == (3, 12 + 32)
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
     assert (ours[:, theirs.shape[1] :] == 0).all()  # HF stops early when every row ended: padding
@@ -60,16 +60,7 @@ def test_repetition_controls_match_hugging_face_for_left_padded_prompts(pair, re
     ours = generate.generate(
         model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0, **controls
     )
-    with torch.no_grad():
-        theirs = reference.generate(
-            torch.from_numpy(ids).long(),
-            attention_mask=torch.from_numpy(mask).long(),
-            max_new_tokens=32,
-            do_sample=False,
-            eos_token_id=499,
-            pad_token_id=0,
-            **controls,
-        ).numpy()
+    theirs = _hugging_face_greedy(reference, ids, mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0, **controls)
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
     plain = generate.generate(model, ids, attention_mask=mask, max_new_tokens=32, eos_token_id=499, pad_token_id=0)
     assert not np.array_equal(ours, plain)  # the controls changed what greedy decoding picks
@@ -103,10 +94,7 @@ def test_beam_search_matches_hugging_face_for_left_padded_prompts(
         max_new_tokens=24,
     )
     ours = generate.generate(model, ids, attention_mask=mask, **kwargs)
-    with torch.no_grad():
-        theirs = reference.generate(
-            torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(), do_sample=False, **kwargs
-        ).numpy()
+    theirs = _hugging_face_greedy(reference, ids, mask, **kwargs)
     assert (theirs[:, 12:] == beam_eos).any()  # some hypothesis ended before the last step
     np.testing.assert_array_equal(ours[:, : theirs.shape[1]], theirs)
     assert (ours[:, theirs.shape[1] :] == 7).all()

@@ -128,26 +128,16 @@ def test_a_lora_run_trains_only_the_adapters_resumes_exactly_and_ends_as_a_plain
     # generate: the base weights with the adapter give the merged weights' text.
     prompt = ["--prompt", "The for", "--max-new-tokens", "16"]
     from_merged = run_module("megathread_jax.generate", "--checkpoint", str(run), *prompt)
-    from_adapter = run_module(
-        "megathread_jax.generate",
-        "--checkpoint",
-        str(tmp_path / "base"),
-        "--adapter",
-        str(run / lora.ADAPTER_DIR),
-        *prompt,
-    )
+    from_adapter = _generate_with_adapter(tmp_path / "base", run / lora.ADAPTER_DIR, prompt)
     assert from_merged.returncode == 0 and from_adapter.returncode == 0, from_adapter.stderr[-2000:]
     assert from_adapter.stdout == from_merged.stdout and len(from_merged.stdout) > len("The for\n")
 
     # An adapter refused by a base of another shape, in one line.
     other = _small_gpt2()
     checkpoints.save_weights(tmp_path / "other", other, checkpoints.weights_meta("gpt2", other, tokenizer="bytes"))
-    result = run_module(
-        "megathread_jax.generate",
-        "--checkpoint",
-        str(tmp_path / "other"),
-        "--adapter",
-        str(run / lora.ADAPTER_DIR),
-        *prompt,
-    )
+    result = _generate_with_adapter(tmp_path / "other", run / lora.ADAPTER_DIR, prompt)
     refused(result, 1, "the adapter in", "load it onto the weights it was trained from")
+
+
+def _generate_with_adapter(base, adapter, prompt: list[str]):
+    return run_module("megathread_jax.generate", "--checkpoint", str(base), "--adapter", str(adapter), *prompt)

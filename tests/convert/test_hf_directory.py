@@ -4,6 +4,7 @@
 import json
 
 import numpy as np
+import pytest
 import timm
 import torch
 from tokenizers import ByteLevelBPETokenizer
@@ -135,3 +136,16 @@ def test_mobilenet_v2_has_no_hugging_face_directory_and_says_what_to_write(tmp_p
     assert convert_main(args) == 2
     assert "no Hugging Face model for mobilenet_v2" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    "config_text, words", [("{}", "has a config.json but no weights"), ("{not json", "is not valid JSON")]
+)
+def test_a_broken_hugging_face_directory_is_named_and_nothing_is_written(tmp_path, capsys, config_text, words):
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "config.json").write_text(config_text)
+    args = ["--model", "gpt2", "--source", "hf", "--weights", str(tmp_path / "hub"), "--out", str(tmp_path / "flax")]
+    assert convert_main(args) == 1
+    error = capsys.readouterr().err
+    assert words in error and "Traceback" not in error and error.count("\n") == 1
+    assert not (tmp_path / "flax").exists()

@@ -95,11 +95,9 @@ def plan(
     adapted = list(lora.adapted(abstract_model))
     graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
     schedule = optax.constant_schedule(config.optim.learning_rate)
-    differentiate = nnx.Param
+    plan_ = freezing.FreezePlan(train_only=lora.trainable_patterns(adapted))
     if adapted:
-        plan_ = freezing.FreezePlan(train_only=lora.trainable_patterns(adapted))
         tx = freezing.partitioned_optimizer(plan_, params, schedule, 1, lambda s: optim.make_optimizer(config.optim, s))
-        differentiate = nnx.All(nnx.Param, plan_.trained_at_some_point)
     else:
         tx = optim.make_optimizer(config.optim, schedule)
     mesh = parallel.make_mesh(devices, fsdp=fsdp)
@@ -111,7 +109,9 @@ def plan(
             (batch_per_device * len(devices), seq_len), jnp.int32, sharding=parallel.batch_sharding(mesh)
         )
     }
-    step = parallel.keep_layout(train.make_train_step(graphdef, tx, _loss, seed=0, differentiate=differentiate), layout)
+    step = parallel.keep_layout(
+        train.make_train_step(graphdef, tx, _loss, seed=0, differentiate=plan_.differentiated), layout
+    )
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state_in, batch_in).compile()
     seconds = time.perf_counter() - start

@@ -114,6 +114,11 @@ class FreezePlan:
         """An nnx filter: the parameters that train in some epoch (not frozen for the whole run)."""
         return not self.group_of(dotted_path(path)).frozen
 
+    @property
+    def differentiated(self) -> Any:
+        """The nnx filter of the parameters that need gradients (`make_train_step(differentiate=)`)."""
+        return nnx.Param if self.is_trivial else nnx.All(nnx.Param, self.trained_at_some_point)
+
     def frozen_patterns(self, epoch: float) -> tuple[PathPattern, ...]:
         """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""
         return self.freeze + tuple(p for p, start in self.unfreeze if epoch < start)

@@ -386,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 skip_nonfinite=config.skip_nonfinite_updates,
                 grad_accum_steps=config.grad_accum_steps,
                 ema_decay=config.ema_decay,
-                differentiate=nnx.All(nnx.Param, plan.trained_at_some_point) if not plan.is_trivial else nnx.Param,
+                differentiate=plan.differentiated,
             ),
             state_layout,
         ),

@@ -35,19 +35,20 @@ def plot_attention(weights: np.ndarray, tokens: list[str], path: str | pathlib.P
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     size = max(3.0, 0.35 * len(tokens) + 1.5)
-    fig = Figure(figsize=(size * columns, size * rows))
+    # Constrained layout keeps the panel titles, the tick labels and the suptitle from overlapping.
+    fig = Figure(figsize=(size * columns + 1.0, size * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (name, w) in zip(axes.flat[: len(panels)], panels, strict=True):
-        ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(name)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90)
         ax.set_yticks(range(len(tokens)), tokens)
         ax.set_xlabel("attends to (key)")
         ax.set_ylabel("token (query)")
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
     fig.suptitle(title)
-    fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

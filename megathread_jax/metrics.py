@@ -55,7 +55,7 @@ class MetricWriter:
         latest = {}
         for r in records:  # a resumed run may log a step twice; keep the last
             latest[(r["split"], r["step"])] = r
-        fig = Figure(figsize=(11, 4))
+        fig = Figure(figsize=(11, 4), layout="constrained")
         ax_loss, ax_acc = fig.subplots(1, 2)
         for split, style in (("train", "-"), ("val", "o-")):
             rows = sorted((r for (s, _), r in latest.items() if s == split), key=lambda r: r["step"])
@@ -68,10 +68,10 @@ class MetricWriter:
                     ax_acc.plot(steps, [r[metric] for r in rows], style, label=f"{split} {metric}")
         for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             ax.set_xlabel("step")
+            ax.set_ylabel(title)
             ax.set_title(f"{title}{' - ' + self.label if self.label else ''}")
             ax.legend()
             ax.grid(alpha=0.3)
-        fig.tight_layout()
         out = self.workdir / CURVES_FILE
         fig.savefig(out, dpi=100)
         return out

@@ -95,9 +95,11 @@ def plan(
     adapted = list(lora.adapted(abstract_model))
     graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
     schedule = optax.constant_schedule(config.optim.learning_rate)
-    plan_ = freezing.FreezePlan(train_only=lora.trainable_patterns(adapted))
+    freeze_plan = freezing.FreezePlan(train_only=lora.trainable_patterns(adapted))
     if adapted:
-        tx = freezing.partitioned_optimizer(plan_, params, schedule, 1, lambda s: optim.make_optimizer(config.optim, s))
+        tx = freezing.partitioned_optimizer(
+            freeze_plan, params, schedule, 1, lambda s: optim.make_optimizer(config.optim, s)
+        )
     else:
         tx = optim.make_optimizer(config.optim, schedule)
     mesh = parallel.make_mesh(devices, fsdp=fsdp)
@@ -110,7 +112,7 @@ def plan(
         )
     }
     step = parallel.keep_layout(
-        train.make_train_step(graphdef, tx, _loss, seed=0, differentiate=plan_.differentiated), layout
+        train.make_train_step(graphdef, tx, _loss, seed=0, differentiate=freeze_plan.differentiated), layout
     )
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state_in, batch_in).compile()

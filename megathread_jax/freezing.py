@@ -9,12 +9,15 @@ Patterns are dotted path prefixes with integer ranges: `features.[0-13]` matches
   lr_multipliers  "PATTERN=MULT,..."     learning rate scaled by MULT (e.g. a slower backbone)
 
 A frozen parameter gets no update (optax.set_to_zero: it stays bit-identical), and every module
-under a frozen pattern runs in inference mode, so its batch-norm statistics are frozen too.
+under a frozen pattern runs in inference mode, so its batch-norm statistics are frozen too. Until
+it is unfrozen, a group gets no gradient and its optimizer state waits: that state starts at the
+group's first step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -110,14 +113,23 @@ class FreezePlan:
         mult = next((m for p, m in self.lr_multipliers if p.match(path)), 1.0)
         return Group(lr_multiplier=mult, start_epoch=start, frozen=mult == 0)
 
-    def trained_at_some_point(self, path: tuple, _value: Any = None) -> bool:
-        """An nnx filter: the parameters that train in some epoch (not frozen for the whole run)."""
-        return not self.group_of(dotted_path(path)).frozen
+    def differentiated_at(self, epoch: float) -> Any:
+        """The nnx filter of the parameters that need gradients at `epoch`
+        (`make_train_step(differentiate=)`): those trained then. A group unfrozen later gets no
+        gradient, so before it trains the backward pass stops where it starts."""
+        if self.is_trivial:
+            return nnx.Param
+
+        def trains(path: tuple, _value: Any = None) -> bool:
+            group = self.group_of(dotted_path(path))
+            return not group.frozen and epoch >= group.start_epoch
+
+        return nnx.All(nnx.Param, trains)
 
     @property
     def differentiated(self) -> Any:
-        """The nnx filter of the parameters that need gradients (`make_train_step(differentiate=)`)."""
-        return nnx.Param if self.is_trivial else nnx.All(nnx.Param, self.trained_at_some_point)
+        """The parameters that need gradients in the last phase, when the most of them train."""
+        return self.differentiated_at(math.inf)
 
     def frozen_patterns(self, epoch: float) -> tuple[PathPattern, ...]:
         """Patterns frozen at `epoch`; the tuple changes only when a group is unfrozen."""
@@ -167,15 +179,20 @@ def partitioned_optimizer(
     """`make_base(schedule)` per group, with the group's multiplier and start; frozen: no update."""
     labels, groups = label_params(plan, params)
 
-    def group_schedule(group: Group) -> optax.Schedule:
+    def group_optimizer(group: Group) -> optax.GradientTransformation:
+        if group.frozen:
+            return optax.set_to_zero()
         start_step = int(group.start_epoch * steps_per_epoch)
-        return lambda step: group.lr_multiplier * schedule(step) * (step >= start_step)
+        if not start_step:
+            return make_base(lambda step: group.lr_multiplier * schedule(step))
+        # Until its first step the group's updates are zero and its optimizer state untouched: it
+        # starts fresh when the group is unfrozen (its step count, so bias correction, too), as a
+        # PyTorch optimizer starts a parameter's state at its first gradient. Its count then runs
+        # `start_step` behind the run's, hence the shifted schedule.
+        delayed = make_base(lambda step: group.lr_multiplier * schedule(step + start_step))
+        return optax.conditionally_mask(delayed, lambda count: count >= start_step)
 
-    transforms = {
-        name: optax.set_to_zero() if group.frozen else make_base(group_schedule(group))
-        for name, group in groups.items()
-    }
-    return optax.multi_transform(transforms, labels)
+    return optax.multi_transform({name: group_optimizer(group) for name, group in groups.items()}, labels)
 
 
 def apply_inference_mode(model: nnx.Module, frozen: tuple[PathPattern, ...]) -> None:

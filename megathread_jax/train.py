@@ -146,7 +146,7 @@ def make_train_step(
     overflow, adjusting the scale either way. With `ema_decay` > 0 the state's `ema_params` follow
     the parameters: `ema <- decay * ema + (1 - decay) * params` after every applied update. Only
     the parameters matched by `differentiate` get gradients; the others' are zero without being
-    computed (parameters frozen for the whole run, LoRA's base weights)."""
+    computed (parameters frozen for the whole run or not unfrozen yet, LoRA's base weights)."""
 
     def loss_and_grads(params, rest, scale, batch, key):
         model = nnx.merge(graphdef, params, rest)
@@ -228,12 +228,13 @@ def phased_train_steps(
     model: nnx.Module,
     plan: freezing.FreezePlan,
     steps_per_epoch: int,
-    make_step: Callable[[nnx.GraphDef], Callable],
+    make_step: Callable[[nnx.GraphDef, nnx.filterlib.Filter], Callable],
 ) -> Callable[[int], Callable]:
     """step -> the compiled train step for the modules frozen at that step.
 
-    Frozen modules run in inference mode, which is part of the graph definition, so each set of
-    frozen modules (one per phase of gradual unfreezing) compiles once.
+    `make_step(graphdef, differentiate)` makes the step of one phase: frozen modules run in inference
+    mode, which is part of the graph definition, and only the parameters trained in that phase get
+    gradients, so each phase of gradual unfreezing compiles once.
     """
     compiled: dict[tuple[str, ...], Callable] = {}
     params = nnx.state(model, nnx.Param)
@@ -245,7 +246,7 @@ def phased_train_steps(
         if key not in compiled:
             freezing.apply_inference_mode(model, frozen)
             graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-            compiled[key] = jax.jit(make_step(graphdef), donate_argnums=0)
+            compiled[key] = jax.jit(make_step(graphdef, plan.differentiated_at(epoch)), donate_argnums=0)
             trainable, frozen_count = freezing.count_parameters(plan, params, epoch)
             progress.message(f"from epoch {epoch:g}: {trainable:,} trainable and {frozen_count:,} frozen parameters")
         return compiled[key]
@@ -377,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         model,
         plan,
         steps_per_epoch,
-        lambda graphdef: parallel.keep_layout(
+        lambda graphdef, differentiate: parallel.keep_layout(
             make_train_step(
                 graphdef,
                 tx,
@@ -386,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 skip_nonfinite=config.skip_nonfinite_updates,
                 grad_accum_steps=config.grad_accum_steps,
                 ema_decay=config.ema_decay,
-                differentiate=plan.differentiated,
+                differentiate=differentiate,
             ),
             state_layout,
         ),

@@ -10,6 +10,7 @@ from flax import nnx
 
 from megathread_jax import freezing, models
 from megathread_jax.errors import UserError
+from megathread_jax.optim import make_optimizer
 from megathread_jax.train import TrainState, make_train_step, phased_train_steps
 from tests.conftest import classification_loss_fn
 
@@ -24,8 +25,9 @@ def _flat(state) -> dict[str, np.ndarray]:
     return {".".join(map(str, p)): np.array(v.get_value()) for p, v in nnx.to_flat_state(state)}
 
 
-def _run(config, num_steps):
-    """Trains a small MobileNetV2 and returns the flat (params + batch stats) after every step."""
+def _run(config, num_steps, grad_norms=None):
+    """Trains a small MobileNetV2 and returns the flat (params + batch stats) after every step;
+    each step's gradient norm goes to `grad_norms` when given."""
     model = models.create("mobilenet_v2", num_classes=10, width_mult=0.35)
     plan = freezing.FreezePlan.from_config(config)
     _, params, rest = nnx.split(model, nnx.Param, ...)
@@ -35,13 +37,18 @@ def _run(config, num_steps):
     )
     state = TrainState(step=np.int32(0), params=params, rest=rest, opt_state=tx.init(params))
     step_for = phased_train_steps(
-        model, plan, STEPS_PER_EPOCH, lambda g: make_train_step(g, tx, classification_loss_fn(), seed=0)
+        model,
+        plan,
+        STEPS_PER_EPOCH,
+        lambda g, d: make_train_step(g, tx, classification_loss_fn(), seed=0, differentiate=d),
     )
     rng = np.random.default_rng(0)
     history = [{**_flat(state.params), **_flat(nnx.state(state.rest, nnx.BatchStat))}]
     for step in range(num_steps):
         batch = {"image": rng.random((8, 32, 32, 3), np.float32), "label": rng.integers(0, 10, 8).astype(np.int32)}
-        state, _ = step_for(step)(state, batch)
+        state, metrics = step_for(step)(state, batch)
+        if grad_norms is not None:
+            grad_norms.append(float(metrics["grad_norm"]))
         history.append(
             {**_flat(jax.device_get(state.params)), **_flat(nnx.state(jax.device_get(state.rest), nnx.BatchStat))}
         )
@@ -75,6 +82,49 @@ def test_gradual_unfreezing_follows_the_schedule():
     # epoch 2: everything
     assert all(_changed(epoch_end[2], epoch_end[3], "features.0.0.kernel").values())
     assert all(_changed(epoch_end[2], epoch_end[3], "features.0.1.var").values())
+
+
+def test_blocks_not_unfrozen_yet_get_no_gradient():
+    probe, gradual = [], []
+    _run(_config(freeze="features"), 1, probe)
+    _run(_config(unfreeze="features@1"), 2 * STEPS_PER_EPOCH, gradual)
+    # Epoch 0 of gradual unfreezing differentiates the head alone, as the linear probe does (same
+    # weights, same batch at step 0); from epoch 1 the backbone's gradients count too.
+    np.testing.assert_allclose(gradual[0], probe[0], rtol=1e-6)
+    assert gradual[STEPS_PER_EPOCH] > 2 * gradual[STEPS_PER_EPOCH - 1]
+
+
+def test_a_group_unfrozen_later_starts_its_adamw_state_then_as_pytorch_does():
+    """Against torch.optim.AdamW, where a parameter without gradients (requires_grad off until
+    its epoch) gets no decay and no state until its first gradient: the same parameters after
+    every step, the gradients sent before the unfreezing ignored."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    start = {"head": {"kernel": rng.normal(size=(4, 3))}, "features": {"kernel": rng.normal(size=(5, 4))}}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape), start) for _ in range(6)]
+    optim = ml_collections.ConfigDict(dict(name="adamw", b1=0.9, b2=0.99, weight_decay=0.1, grad_clip_norm=0.0))
+    plan = freezing.FreezePlan.from_config(_config(unfreeze="features@1"))
+    tx = freezing.partitioned_optimizer(
+        plan, start, optax.constant_schedule(0.01), STEPS_PER_EPOCH, lambda s: make_optimizer(optim, s)
+    )
+    params = jax.tree.map(lambda p: jax.numpy.asarray(p, np.float32), start)
+    opt_state = tx.init(params)
+
+    reference = {name: torch.tensor(p["kernel"], dtype=torch.float32) for name, p in start.items()}
+    torch_adamw = torch.optim.AdamW(reference.values(), lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    for step, grad in enumerate(grads):
+        updates, opt_state = tx.update(
+            jax.tree.map(lambda g: jax.numpy.asarray(g, np.float32), grad), opt_state, params
+        )
+        params = optax.apply_updates(params, updates)
+        for name, tensor in reference.items():
+            released = name == "head" or step >= STEPS_PER_EPOCH
+            tensor.grad = torch.tensor(grad[name]["kernel"], dtype=torch.float32) if released else None
+        torch_adamw.step()
+        for name, tensor in reference.items():
+            np.testing.assert_allclose(params[name]["kernel"], tensor.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+        if step < STEPS_PER_EPOCH:  # not a bit moved before the unfreezing
+            np.testing.assert_array_equal(params["features"]["kernel"], np.float32(start["features"]["kernel"]))
 
 
 def test_lr_multiplier_zero_freezes_and_counts():

@@ -169,6 +169,13 @@ def label_params(plan: FreezePlan, params: nnx.State) -> tuple[Any, dict[str, Gr
     return labels, groups
 
 
+def first_step_of_epoch(epoch: float, steps_per_epoch: int) -> int:
+    """The first step `s` with `s / steps_per_epoch >= epoch`: where the trainer's phase (frozen
+    modules, gradients) changes, so a group's optimizer starts at the same step."""
+    step = math.ceil(epoch * steps_per_epoch)
+    return step - 1 if step and (step - 1) / steps_per_epoch >= epoch else step
+
+
 def partitioned_optimizer(
     plan: FreezePlan,
     params: nnx.State,
@@ -182,7 +189,7 @@ def partitioned_optimizer(
     def group_optimizer(group: Group) -> optax.GradientTransformation:
         if group.frozen:
             return optax.set_to_zero()
-        start_step = int(group.start_epoch * steps_per_epoch)
+        start_step = first_step_of_epoch(group.start_epoch, steps_per_epoch)
         if not start_step:
             return make_base(lambda step: group.lr_multiplier * schedule(step))
         # Until its first step the group's updates are zero and its optimizer state untouched: it

@@ -127,6 +127,15 @@ def test_a_group_unfrozen_later_starts_its_adamw_state_then_as_pytorch_does():
             np.testing.assert_array_equal(params["features"]["kernel"], np.float32(start["features"]["kernel"]))
 
 
+def test_a_group_starts_at_the_step_its_phase_does():
+    # phased_train_steps changes phase at the first step whose step / steps_per_epoch reaches the
+    # epoch; the optimizer must start the group there too, fractional epochs included.
+    for steps_per_epoch in range(1, 31):
+        for epoch in (0.1, 0.5, 1, 1.5, 2.3, 2 / 3):
+            step = freezing.first_step_of_epoch(epoch, steps_per_epoch)
+            assert step / steps_per_epoch >= epoch > (step - 1) / steps_per_epoch, (epoch, steps_per_epoch)
+
+
 def test_lr_multiplier_zero_freezes_and_counts():
     model = models.create("mobilenet_v2", num_classes=10, width_mult=0.35)
     params = nnx.state(model, nnx.Param)

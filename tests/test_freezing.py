@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+import torch
 from flax import nnx
 
 from megathread_jax import freezing, models
@@ -98,7 +99,6 @@ def test_a_group_unfrozen_later_starts_its_adamw_state_then_as_pytorch_does():
     """Against torch.optim.AdamW, where a parameter without gradients (requires_grad off until
     its epoch) gets no decay and no state until its first gradient: the same parameters after
     every step, the gradients sent before the unfreezing ignored."""
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     start = {"head": {"kernel": rng.normal(size=(4, 3))}, "features": {"kernel": rng.normal(size=(5, 4))}}
     grads = [jax.tree.map(lambda p: rng.normal(size=p.shape), start) for _ in range(6)]

@@ -119,12 +119,12 @@ class FreezePlan:
         gradient, so before it trains the backward pass stops where it starts."""
         if self.is_trivial:
             return nnx.Param
+        return nnx.All(nnx.Param, lambda path, _value: self.trains_at(dotted_path(path), epoch))
 
-        def trains(path: tuple, _value: Any = None) -> bool:
-            group = self.group_of(dotted_path(path))
-            return not group.frozen and epoch >= group.start_epoch
-
-        return nnx.All(nnx.Param, trains)
+    def trains_at(self, path: str, epoch: float) -> bool:
+        """Whether the parameter at dotted `path` is updated at `epoch` (its group's optimizer runs)."""
+        group = self.group_of(path)
+        return not group.frozen and epoch >= group.start_epoch
 
     @property
     def differentiated(self) -> Any:
@@ -213,12 +213,11 @@ def apply_inference_mode(model: nnx.Module, frozen: tuple[PathPattern, ...]) -> 
 
 def count_parameters(plan: FreezePlan, params: nnx.State, epoch: float) -> tuple[int, int]:
     """(trainable, frozen) parameter counts at `epoch`."""
-    frozen_patterns = plan.frozen_patterns(epoch)
     trainable = frozen = 0
     for path, variable in nnx.to_flat_state(params):
         size = variable.get_value().size
-        dotted = dotted_path(path)
-        is_frozen = any(p.match(dotted) for p in frozen_patterns) or plan.group_of(dotted).frozen
-        frozen += size if is_frozen else 0
-        trainable += 0 if is_frozen else size
+        if plan.trains_at(dotted_path(path), epoch):
+            trainable += size
+        else:
+            frozen += size
     return trainable, frozen
